@@ -1,0 +1,149 @@
+"""What a kernel is compared with on a GPU: FlexAttention (torch.compile'd, same spec, same inputs), SDPA
+where the spec is plain or causal, and the GPU's measured matmul peak.
+
+Measured once per problem in a child process and cached on disk (keyed by spec text, shape, dtype, GPU,
+torch and triton versions), since compiling flex takes a while. Run as `python -m verifier.baseline JOB`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from verifier.problem import DTYPES, Problem, Shape
+from verifier.sandbox import Limits, run_child
+
+FLEX_MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+@dataclass
+class Baseline:
+    gpu: str = ""
+    flex_ms: float | None = None  # torch.compile default mode
+    flex_autotune_ms: float | None = None  # only when asked for (slow to compile)
+    sdpa_ms: float | None = None
+    sdpa_kind: str | None = None  # plain | causal | None when SDPA cannot express the spec
+    peak_tflops: float | None = None
+    error: str | None = None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("KGEN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kgen"
+    return Path(root) / "baselines"
+
+
+def cache_key(problem: Problem, modes: tuple[str, ...]) -> str:
+    import triton
+
+    text = "".join(Path(p).read_text() for p in problem.spec.paths)
+    parts = [text, json.dumps(asdict(problem.shape)), problem.dtype, torch.cuda.get_device_name(), torch.__version__,
+             triton.__version__, ",".join(modes)]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
+
+
+def measure_baseline(problem: Problem, density: float, limits: Limits,
+                     modes: tuple[str, ...] = ("default",)) -> Baseline:
+    path = cache_dir() / f"{cache_key(problem, modes)}.json"
+    if path.exists():
+        return Baseline(**json.loads(path.read_text()))
+    job = {"spec": asdict(problem.spec), "shape": asdict(problem.shape), "dtype": problem.dtype, "modes": list(modes)}
+    with tempfile.TemporaryDirectory(prefix="kgen-baseline-") as tmp:
+        # compiling flex (max-autotune above all) takes minutes: give it room
+        child = run_child(job, Path(tmp), Limits(compile_s=max(limits.compile_s, 900), call_s=max(limits.call_s, 600)),
+                          module="verifier.baseline")
+    record = next((r for r in child.records if "baseline" in r), None)
+    if record is None:
+        reason = (child.error or {}).get("message") or f"{child.status} during {child.phase}: {child.stderr_tail[-400:]}"
+        return Baseline(error=f"baseline not measured: {reason}")
+    baseline = Baseline(**record["baseline"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(baseline)))
+    return baseline
+
+
+# ------------------------------------------------------------------------------------------ in the child
+def sdpa_kind(spec, shape: Shape) -> str | None:
+    """'plain' or 'causal' when SDPA computes exactly this spec, else None."""
+    from verifier.reference import buffers_on
+    from verifier.spec import index_grid
+
+    if spec.score_mod is not None:
+        return None
+    if spec.mask_mod is None:
+        return "plain"
+    if shape.seq_len != shape.kv_seq_len:
+        return None
+    rows = torch.linspace(0, shape.seq_len - 1, min(shape.seq_len, 257)).long().unique()
+    with buffers_on(spec, {n: t for n, t in spec.buffers.items()}):
+        b, h, q, kv = index_grid(shape, rows, "cpu")
+        keep = torch.broadcast_to(spec.mask_mod(b, h, q, kv), (shape.batch, shape.heads, len(rows), shape.kv_seq_len))
+    return "causal" if torch.equal(keep, (q >= kv).expand_as(keep)) else None
+
+
+def run(job: dict, channel) -> dict:
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from verifier import timing
+    from verifier.reference import buffers_on
+    from verifier.spec import SpecFiles, load_spec
+    from verifier.suite import Trial, make_inputs
+
+    spec = load_spec(SpecFiles(**job["spec"]))
+    shape, dtype = Shape(**job["shape"]), DTYPES[job["dtype"]]
+    sets = [make_inputs(Trial(id=f"s{i}", purpose="baseline", shape=shape, seed=9001 + i), dtype, "cuda")
+            for i in range(3)]
+    result = Baseline(gpu=torch.cuda.get_device_name())
+    gqa = shape.heads != shape.kv_heads
+    with buffers_on(spec, {n: t.cuda() for n, t in spec.buffers.items()}):
+        block_mask = None
+        if spec.mask_mod is not None:
+            block_mask = create_block_mask(spec.mask_mod, shape.batch, shape.heads, shape.seq_len, shape.kv_seq_len,
+                                           device="cuda")
+        for mode in job["modes"]:
+            channel.phase(f"compile flex ({mode})", limit="compile")
+            compiled = torch.compile(flex_attention, mode=FLEX_MODES[mode], dynamic=False)
+
+            def flex(i, compiled=compiled):
+                q, k, v = sets[i]
+                return compiled(q, k, v, score_mod=spec.score_mod, block_mask=block_mask, enable_gqa=gqa)
+
+            t = timing.time_calls(flex, len(sets))
+            setattr(result, "flex_ms" if mode == "default" else "flex_autotune_ms", t.ms)
+    result.sdpa_kind = sdpa_kind(spec, shape)
+    if result.sdpa_kind:
+        channel.phase("sdpa")
+
+        def sdpa(i):
+            q, k, v = sets[i]
+            return F.scaled_dot_product_attention(q, k, v, is_causal=result.sdpa_kind == "causal", enable_gqa=gqa)
+
+        result.sdpa_ms = timing.time_calls(sdpa, len(sets)).ms
+    channel.phase("matmul peak")
+    result.peak_tflops = timing.matmul_peak_tflops(dtype)
+    return asdict(result)
+
+
+def main(job_path: str) -> int:
+    from verifier.child import Channel
+
+    job = json.loads(Path(job_path).read_text())
+    channel = Channel(job["channel_fd"])
+    try:
+        channel.record({"baseline": run(job, channel)})
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which carries on without a baseline
+        channel.send("error", data={"code": "runtime_error", "type": type(e).__name__, "message": str(e)[:2000],
+                                    "traceback": ""})
+        return 1
+    channel.send("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,295 @@
+"""What runs inside the sandbox: import the candidate, call it, report on the verifier's channel.
+
+Modes:
+- check: call the candidate on every trial of the suite under CallWatch; save each output to a file and
+  report what was observed (bad output, aliasing, mutated inputs, guard damage, library ops). The
+  reference is never computed here: this process holds nothing a candidate could copy.
+- time: (CUDA) profile one call (kernels, streams, copies, memory), then time it; save the timed outputs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from verifier import guards
+from verifier.guards import CallWatch, guarded
+from verifier.problem import DTYPES, Shape
+from verifier.spec import SpecFiles, load_spec
+from verifier.suite import Trial, make_inputs
+
+CONTEXT_KILLERS = ("illegal memory access", "misaligned address", "unspecified launch failure",
+                   "illegal instruction", "device-side assert", "cudaErrorLaunchFailure")
+
+
+class Channel:
+    """JSON lines to the verifier over a pipe it owns; stdout is the candidate's to print on."""
+
+    def __init__(self, fd: int):
+        os.set_inheritable(fd, False)  # processes the candidate starts must not hold our channel open
+        self.file = os.fdopen(fd, "w", buffering=1)
+
+    def send(self, kind: str, **fields) -> None:
+        self.file.write(json.dumps({"kind": kind, **fields}, default=str) + "\n")
+        self.file.flush()
+
+    def phase(self, name: str, limit: str = "call", scale: float = 1.0) -> None:
+        self.send("phase", phase=name, limit=limit, scale=scale)
+
+    def record(self, data: dict) -> None:
+        self.send("record", data=data)
+
+
+class CandidateFailure(Exception):
+    def __init__(self, code: str, exc: BaseException, kernel_path: str):
+        super().__init__(code)
+        self.code, self.exc, self.kernel_path = code, exc, kernel_path
+
+    def report(self) -> dict:
+        return {"code": self.code, "type": type(self.exc).__name__, "message": str(self.exc)[:3000],
+                "traceback": trimmed_traceback(self.exc, self.kernel_path)}
+
+
+def trimmed_traceback(exc: BaseException, kernel_path: str, limit: int = 2500) -> str:
+    """The candidate's own frames and the exception: what a model needs, without torch's internals."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if f.filename == kernel_path] or frames[-1:]
+    lines = [f'  File "kernel.py", line {f.lineno}, in {f.name}\n    {(f.line or "").strip()}' for f in own]
+    text = "\n".join(lines + [f"{type(exc).__name__}: {exc}"])
+    return text if len(text) <= limit else text[: limit // 2] + "\n...\n" + text[-limit // 2:]
+
+
+def classify(exc: BaseException, during_import: bool) -> str:
+    message = str(exc)
+    if any(k in message for k in CONTEXT_KILLERS):
+        return "crash"
+    if during_import:
+        return "compile_error"
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"CompilationError", "CompileTimeAssertionFailure", "UnsupportedLanguageConstruct"}:
+        return "compile_error"
+    return "runtime_error"
+
+
+def import_candidate(path: str):
+    spec = importlib.util.spec_from_file_location("candidate_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["candidate_kernel"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as e:  # noqa: BLE001 - everything the candidate raises is a verdict
+        raise CandidateFailure(classify(e, during_import=True), e, path) from None
+    fn = getattr(module, "attention", None)
+    if not callable(fn):
+        raise CandidateFailure("compile_error", AttributeError("module has no callable `attention`"), path)
+    return fn
+
+
+def call(fn, kernel_path: str, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001
+        raise CandidateFailure(classify(e, during_import=False), e, kernel_path) from None
+
+
+def sync(device: str, kernel_path: str) -> None:
+    if device == "cuda":
+        try:
+            torch.cuda.synchronize()
+        except BaseException as e:  # noqa: BLE001 - a kernel fault surfaces at the next synchronize
+            raise CandidateFailure(classify(e, during_import=False), e, kernel_path) from None
+
+
+# ------------------------------------------------------------------------------------------------------ check
+def bad_output_reason(out, q: torch.Tensor) -> str | None:
+    if type(out) is not torch.Tensor:
+        return f"attention returned {type(out).__module__}.{type(out).__name__}; return a plain torch.Tensor"
+    wrong = [f"{what} {got} (expected {want})" for what, got, want in (
+        ("shape", tuple(out.shape), tuple(q.shape)), ("dtype", out.dtype, q.dtype), ("device", out.device, q.device))
+        if got != want]
+    if wrong:
+        return "output has " + ", ".join(wrong)
+    if not out.is_contiguous():
+        return f"output is not contiguous (strides {out.stride()}); return a contiguous tensor like q"
+    if out.requires_grad or out.grad_fn is not None:
+        return "output is part of an autograd graph; compute it with Triton, not torch ops"
+    return None
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    start = t.untyped_storage().data_ptr()
+    return start, start + t.untyped_storage().nbytes()
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a.device == b.device and a0 < b1 and b0 < a1
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+class Checker:
+    """Runs the trials; keeps earlier outputs alive so that reuse of their memory is visible."""
+
+    def __init__(self, job: dict, fn, buffers: dict[str, torch.Tensor]):
+        self.job, self.fn, self.buffers = job, fn, buffers
+        self.device, self.dtype = job["device"], DTYPES[job["run_dtype"]]
+        self.kernel = job["kernel"]
+        self.out_dir = Path(job["out_dir"])
+        self.earlier: list[torch.Tensor] = []
+        self.buffer_copies = {n: t.clone() for n, t in buffers.items()}
+
+    def run(self, trial: Trial) -> dict:
+        inputs = {}
+        watched = []
+        for name, t in zip("qkv", make_inputs(trial, self.dtype, self.device)):
+            inputs[name], guard = guarded(t, f"the memory around {name}", halfword=guards.INPUT_GUARD)
+            watched.append(guard)
+        originals = {n: t.clone() for n, t in inputs.items()}
+        watch = CallWatch()
+        started = time.perf_counter()
+        with watch:
+            out = call(self.fn, self.kernel, inputs["q"], inputs["k"], inputs["v"], scale=trial.scale,
+                       **self.buffers)
+        sync(self.device, self.kernel)
+        record = {"trial": trial.id, "seconds": time.perf_counter() - started, "observations": []}
+        note = record["observations"].append
+
+        bad = bad_output_reason(out, inputs["q"])
+        if bad:
+            note({"code": "bad_output", "message": bad})
+            return record
+        for name, t in list(inputs.items()):
+            if overlaps(out, t):
+                note({"code": "output_aliases_input", "message": f"the output shares memory with {name}"})
+        if any(overlaps(out, e) for e in self.earlier):
+            note({"code": "output_aliases_input", "message": "the output reuses the memory of an earlier call's "
+                                                            "output, which the caller still holds"})
+        for name, t in list(inputs.items()) + list(self.buffers.items()):
+            before = originals.get(name, self.buffer_copies.get(name))
+            if not bitwise_equal(t, before):
+                note({"code": "input_mutated", "message": f"`{name}` was modified by the call"})
+        for guard in watched + watch.log.allocations:
+            if not guard.intact():
+                note({"code": "out_of_bounds_write", "message": f"the call wrote outside its tensors: "
+                                                                f"{guard.label} was overwritten"})
+        unwritten = guards.unwritten_count(out)
+        if unwritten:
+            note({"code": "uninitialized_output", "message": f"{unwritten} of {out.numel()} output elements were "
+                                                            f"never written (they still hold the verifier's poison)"})
+        library = guards.forbidden_ops(watch.log)
+        if library:
+            note({"code": "forbidden_call", "message": "the call ran torch ops that do the problem's math: "
+                                                      + ", ".join(library)})
+        out_bytes = out.numel() * out.element_size()
+        record["extra_bytes"] = max(0, sum(watch.log.allocated_bytes) - out_bytes)
+        record["largest_allocation"] = max(watch.log.allocated_bytes, default=0)
+        record["compute_ops"] = watch.log.compute_ops
+
+        path = self.out_dir / f"{trial.id}.pt"
+        torch.save(out.detach().to("cpu", copy=True), path)
+        record["output"] = str(path)
+        self.earlier.append(out)
+        guards.poison_(out)  # a kernel that hands this memory back later hands back poison
+        return record
+
+
+def run_check(job: dict, channel: Channel, fn, buffers) -> None:
+    checker = Checker(job, fn, buffers)
+    for i, data in enumerate(job["trials"]):
+        trial = Trial.from_dict(data)
+        # the first call compiles; later calls may compile new specialisations, but far less
+        channel.phase(f"{trial.id} ({trial.purpose}, {trial.shape.label()})", limit="compile" if i == 0 else "call")
+        channel.record(checker.run(trial))
+
+
+# ------------------------------------------------------------------------------------------------------- time
+def run_time(job: dict, channel: Channel, fn, buffers) -> None:
+    from verifier import timing
+    from verifier.profile import profile_call
+
+    kernel, shape = job["kernel"], Shape(**job["shape"])
+    dtype = DTYPES[job["run_dtype"]]
+    sets = [make_inputs(Trial(id=f"s{i}", purpose="timing", shape=shape, seed=seed), dtype, "cuda")
+            for i, seed in enumerate(job["seeds"])]
+    stream = torch.cuda.Stream()  # the caller's stream is deliberately not the default one
+    last: dict[int, torch.Tensor] = {}
+
+    def one(i: int):
+        q, k, v = sets[i]
+        last[i] = call(fn, kernel, q, k, v, scale=None, **buffers)
+
+    with torch.cuda.stream(stream):
+        channel.phase("first call at the target shape", limit="compile")
+        first = profile_call(lambda: one(0), job["jit_functions"])
+        sync("cuda", kernel)
+        channel.phase("profiled call")
+        steady = profile_call(lambda: one(1 % len(sets)), job["jit_functions"])
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        one(0)
+        torch.cuda.synchronize()
+        out_bytes = last[0].numel() * last[0].element_size()
+        extra = torch.cuda.max_memory_allocated() - base - out_bytes
+        channel.phase("timing", scale=3.0)
+        result = timing.time_calls(one, len(sets))
+        sync("cuda", kernel)
+    paths = []
+    for i, out in sorted(last.items()):
+        path = Path(job["out_dir"]) / f"timed_{i}.pt"
+        torch.save(out.detach().to("cpu", copy=True), path)
+        paths.append(str(path))
+    channel.record({"timing": result.to_dict(), "first_call": first, "steady_call": steady,
+                    "extra_bytes": max(0, extra), "outputs": paths, "gpu": torch.cuda.get_device_name()})
+
+
+# ------------------------------------------------------------------------------------------------------- main
+MODES = {"check": run_check, "time": run_time}
+
+
+def main(job_path: str) -> int:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    job = json.loads(Path(job_path).read_text())
+    channel = Channel(job["channel_fd"])
+    channel.phase("setup", limit="compile")
+    try:
+        spec = load_spec(SpecFiles(**job["spec"]))
+        buffers = {n: t.to(job["device"]) for n, t in spec.buffers.items()}
+    except Exception as e:  # noqa: BLE001 - the verifier's own failure, not the candidate's
+        channel.send("error", data={"code": "internal", "type": type(e).__name__, "message": str(e),
+                                    "traceback": traceback.format_exc()})
+        os._exit(4)
+    measuring = guards.measuring_functions()
+    threads = guards.live_threads()
+    audit = guards.AuditTrail(job["kernel"])
+    audit.install()
+    try:
+        channel.phase("import", limit="compile")
+        fn = import_candidate(job["kernel"])
+        MODES[job["mode"]](job, channel, fn, buffers)
+    except CandidateFailure as failure:
+        channel.send("error", data=failure.report())
+        channel.file.flush()
+        os._exit(3)  # a CUDA context may be poisoned: do not run its teardown
+    channel.record({"tamper": {
+        "changed_functions": guards.changed_functions(measuring),
+        "new_threads": len(guards.live_threads() - threads),
+        "audit": audit.events[:20],
+    }})
+    channel.send("done")
+    channel.file.flush()
+    os._exit(0)  # skip interpreter teardown: a candidate's atexit hooks or threads must not run on
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

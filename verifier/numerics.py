@@ -1,0 +1,129 @@
+"""Compare the candidate's outputs with the exact reference, trial by trial.
+
+Tolerance is tied to the reference: a trial passes when the worst error is within a small factor of the
+error that a careful computation in the same dtype makes (`reference.straightforward`), plus a floor of
+a couple of ulps. The verifier, not the candidate's process, holds every reference.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from verifier import reference
+from verifier.spec import Spec
+from verifier.suite import Trial, make_inputs
+from verifier.verdict import StageResult
+
+FACTOR = 4.0  # how many times the dtype's own error a kernel may make
+FLOOR_ULPS = 2.0  # plus this many ulps of the output's magnitude
+
+
+@dataclass
+class TrialCheck:
+    trial: str
+    purpose: str
+    shape: str
+    dist: str
+    ok: bool
+    max_error: float
+    tolerance: float
+    dtype_error: float  # error of the straightforward computation
+    mismatch_fraction: float
+    nonfinite: int
+    worst: dict  # batch, head, row, col of the worst element
+    note: str = ""
+
+    def line(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in self.worst.items())
+        text = (f"{self.trial} {self.purpose} [{self.shape}, {self.dist}]: max error {self.max_error:.3g} "
+                f"(tolerance {self.tolerance:.3g}) at {where}; {self.mismatch_fraction:.2%} of elements off")
+        if self.nonfinite:
+            text += f"; {self.nonfinite} NaN/inf"
+        return text + (f"; {self.note}" if self.note else "")
+
+
+def tolerance(dtype_error: float, ref_max: float, dtype: torch.dtype) -> float:
+    return FACTOR * dtype_error + FLOOR_ULPS * torch.finfo(dtype).eps * max(ref_max, 1e-3)
+
+
+def check_trial(trial: Trial, out: torch.Tensor, spec: Spec, dtype: torch.dtype, device: str) -> TrialCheck:
+    q, k, v = make_inputs(trial, dtype, device)
+    exact = reference.exact(q, k, v, spec, trial.scale, trial.shape)
+    plain = reference.straightforward(q, k, v, spec, trial.scale, trial.shape)
+    return compare(trial, out.to(device), exact, plain)
+
+
+def compare(trial: Trial, out: torch.Tensor, exact: torch.Tensor, plain: torch.Tensor) -> TrialCheck:
+    dtype_error = float((plain.double() - exact).abs().max())
+    tol = tolerance(dtype_error, float(exact.abs().max()), out.dtype)
+    got = out.double()
+    nonfinite = ~torch.isfinite(got) & torch.isfinite(exact)
+    diff = (got - exact).abs()
+    diff = torch.where(nonfinite, torch.full_like(diff, float("inf")), diff)
+    worst_flat = int(diff.argmax())
+    worst = dict(zip(("batch", "head", "row", "col"), torch.unravel_index(torch.tensor(worst_flat), diff.shape)))
+    worst = {k: int(v) for k, v in worst.items()}
+    max_error = float(diff.max())
+    return TrialCheck(trial=trial.id, purpose=trial.purpose, shape=trial.shape.label(), dist=trial.dist,
+                      ok=max_error <= tol, max_error=max_error, tolerance=tol, dtype_error=dtype_error,
+                      mismatch_fraction=float((diff > tol).double().mean()), nonfinite=int(nonfinite.sum()),
+                      worst=worst)
+
+
+def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch.dtype, device: str) -> StageResult:
+    """One stage result over the whole suite, with the reason code that best explains any failure."""
+    checks: list[TrialCheck] = []
+    loaded: dict[str, torch.Tensor] = {}
+    for trial in trials:
+        out = torch.load(outputs[trial.id], map_location="cpu")
+        loaded[trial.id] = out
+        checks.append(check_trial(trial, out, spec, dtype, device))
+    failed = [c for c in checks if not c.ok]
+    details = {"trials": [asdict(c) for c in checks],
+               "max_error": max(c.max_error for c in checks),
+               "error_budget_used": max(c.max_error / c.tolerance for c in checks if c.tolerance > 0)}
+    if not failed:
+        return StageResult.passed("numerics", f"all {len(checks)} trials within tolerance", **details)
+    first = failed[0]
+    by_id = {t.id: t for t in trials}
+    cached = _matches_earlier(by_id[first.trial], loaded, trials, first.tolerance)
+    if cached:
+        return StageResult.failed("numerics", "cached_output",
+                                  f"{first.line()}. The output equals the output of {cached} (same shape, "
+                                  f"different inputs): it does not follow the inputs.", **details)
+    if first.nonfinite:
+        return StageResult.failed("numerics", "nan_output", _summary(first, failed, checks), **details)
+    unit_ok = [c for c in checks if c.dist == "normal"]
+    if unit_ok and all(c.ok for c in unit_ok) and all(c.dist != "normal" for c in failed):
+        return StageResult.failed("numerics", "truncated_work",
+                                  _summary(first, failed, checks) + "\nEvery unit-scale trial passed; only large "
+                                  "or adversarial logits fail, so keys or blocks whose weight is small on random "
+                                  "data are being skipped or approximated. Process every unmasked key.", **details)
+    return StageResult.failed("numerics", "wrong_output", _summary(first, failed, checks), **details)
+
+
+def _summary(first: TrialCheck, failed: list[TrialCheck], checks: list[TrialCheck]) -> str:
+    passed = [c for c in checks if c.ok]
+    lines = [f"{len(failed)} of {len(checks)} trials fail. First: {first.line()}."]
+    lines += [f"  also: {c.line()}" for c in failed[1:4]]
+    if passed:
+        lines.append("Passing: " + "; ".join(f"{c.purpose} [{c.shape}, {c.dist}]" for c in passed[:6]))
+    return "\n".join(lines)
+
+
+def _matches_earlier(trial: Trial, loaded: dict, trials: list[Trial], tol: float) -> str | None:
+    """The id of an earlier trial with the same shape whose output this one repeats."""
+    out = loaded[trial.id].double()
+    for earlier in trials:
+        if earlier.id == trial.id:
+            return None
+        if earlier.shape == trial.shape and torch.isfinite(out).all():
+            if float((loaded[earlier.id].double() - out).abs().max()) <= tol:
+                return earlier.id
+    return None
+
+
+def load_output(path: str | Path) -> torch.Tensor:
+    return torch.load(path, map_location="cpu")

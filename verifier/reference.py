@@ -1,0 +1,105 @@
+"""The exact reference, and the straightforward low-precision computation that sets the tolerance.
+
+Both apply score_mod / mask_mod by broadcasting index tensors, chunked over queries so memory stays
+bounded: never a [B, H, Sq, Skv] score tensor at once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from verifier.spec import Spec, index_grid
+
+CHUNK_BYTES = {"cuda": 1 << 29, "cpu": 1 << 27}  # score bytes per chunk; temporaries take a few more
+
+
+def exact(q, k, v, spec: Spec, scale: float | None, shape) -> torch.Tensor:
+    """float64 attention: the truth a candidate is compared against."""
+    return _attend(q, k, v, spec, scale, shape, torch.float64, round_p_to=None)
+
+
+def straightforward(q, k, v, spec: Spec, scale: float | None, shape) -> torch.Tensor:
+    """What a careful kernel computes in the input dtype: fp32 scores and softmax, P rounded to the
+    input dtype before P@V, output rounded. Its error against `exact` is the error the dtype forces."""
+    o = _attend(q, k, v, spec, scale, shape, torch.float32, round_p_to=q.dtype)
+    return o.to(q.dtype)
+
+
+def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to) -> torch.Tensor:
+    scale = 1.0 / math.sqrt(shape.head_dim) if scale is None else scale
+    device = q.device
+    k = k.to(compute).repeat_interleave(shape.group, dim=1)
+    v = v.to(compute).repeat_interleave(shape.group, dim=1)
+    out = torch.empty(shape.q_shape, dtype=compute, device=device)
+    buffers = {n: t.to(device) for n, t in spec.buffers.items()}
+    rows = _chunk_rows(shape, compute, device.type)
+    with torch.no_grad(), buffers_on(spec, buffers):
+        for start in range(0, shape.seq_len, rows):
+            stop = min(start + rows, shape.seq_len)
+            q_rows = torch.arange(start, stop, device=device)
+            s = torch.matmul(q[:, :, start:stop].to(compute), k.transpose(-1, -2)) * scale
+            s = scores_after_mods(s, spec, shape, q_rows)
+            m = s.amax(dim=-1, keepdim=True)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with every key masked
+            p = torch.exp(s - m)
+            l = p.sum(dim=-1, keepdim=True)
+            if round_p_to is not None:
+                p = p.to(round_p_to).to(compute)
+            o = torch.matmul(p, v)
+            out[:, :, start:stop] = torch.where(l > 0, o / l.clamp_min(torch.finfo(compute).tiny), 0.0)
+    return out
+
+
+def scores_after_mods(s: torch.Tensor, spec: Spec, shape, q_rows: torch.Tensor) -> torch.Tensor:
+    """score_mod, then mask_mod (masked = -inf), for a chunk of query rows."""
+    b, h, qi, kv = index_grid(shape, q_rows, s.device)
+    if spec.score_mod is not None:
+        s = torch.broadcast_to(spec.score_mod(s, b, h, qi, kv), s.shape).to(s.dtype)
+    if spec.mask_mod is not None:
+        keep = torch.broadcast_to(spec.mask_mod(b, h, qi, kv), s.shape)
+        s = s.masked_fill(~keep, float("-inf"))
+    return s
+
+
+def mask_density(spec: Spec, shape, device: str = "cpu") -> float:
+    """Fraction of (b, h, q, kv) that mask_mod keeps: the share of dense work that is real work."""
+    if spec.mask_mod is None:
+        return 1.0
+    kept = 0
+    rows = _chunk_rows(shape, torch.bool, device)
+    with torch.no_grad(), buffers_on(spec, {n: t.to(device) for n, t in spec.buffers.items()}):
+        for start in range(0, shape.seq_len, rows):
+            q_rows = torch.arange(start, min(start + rows, shape.seq_len), device=device)
+            b, h, qi, kv = index_grid(shape, q_rows, device)
+            keep = torch.broadcast_to(spec.mask_mod(b, h, qi, kv), (shape.batch, shape.heads, len(q_rows),
+                                                                    shape.kv_seq_len))
+            kept += int(keep.sum())
+    return kept / (shape.batch * shape.heads * shape.seq_len * shape.kv_seq_len)
+
+
+def _chunk_rows(shape, dtype: torch.dtype, device_type: str) -> int:
+    per_row = shape.batch * shape.heads * shape.kv_seq_len * torch.empty((), dtype=dtype).element_size()
+    return max(1, min(shape.seq_len, CHUNK_BYTES[device_type] // per_row))
+
+
+class buffers_on:
+    """Point the spec's captured tensors at copies on the compute device while evaluating it."""
+
+    def __init__(self, spec: Spec, moved: dict):
+        self.spec, self.moved, self.saved = spec, moved, []
+
+    def __enter__(self):
+        for fn in (self.spec.score_mod, self.spec.mask_mod):
+            if fn is None:
+                continue
+            for name, tensor in self.moved.items():
+                if fn.__globals__.get(name) is self.spec.buffers[name]:
+                    self.saved.append((fn.__globals__, name, self.spec.buffers[name]))
+                    fn.__globals__[name] = tensor
+        return self
+
+    def __exit__(self, *exc):
+        for glb, name, tensor in self.saved:
+            glb[name] = tensor
+        return False

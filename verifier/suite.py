@@ -1,0 +1,113 @@
+"""The trials a candidate must pass: shapes and input distributions derived from the target.
+
+Every trial is data (shape, distribution, seed, scale); its inputs are generated from the seed, so the
+candidate's process and the verifier's process build identical tensors without sending them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from verifier.problem import Shape
+
+DISTRIBUTIONS = ("normal", "large", "adversarial")
+
+# Under Triton's interpreter every program instance runs in Python: keep CPU trials small. The batch stays
+# whole up to 8 so that per-batch buffers (key lengths, say) are exercised for every batch element.
+CPU_MAX_BATCH, CPU_MAX_KV_HEADS, CPU_MAX_LEN = 8, 2, 128
+
+
+@dataclass(frozen=True)
+class Trial:
+    id: str
+    purpose: str
+    shape: Shape
+    dist: str = "normal"
+    seed: int = 0
+    scale: float | None = None  # None: the kernel's default, 1/sqrt(D)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Trial":
+        return cls(**{**data, "shape": Shape(**data["shape"])})
+
+
+def interpreter_cap(shape: Shape) -> Shape:
+    """The largest shape the CPU suite uses for a target: same head_dim and GQA group, small sizes."""
+    kv_heads = min(shape.kv_heads, CPU_MAX_KV_HEADS)
+    return replace(shape, batch=min(shape.batch, CPU_MAX_BATCH), kv_heads=kv_heads,
+                   heads=kv_heads * shape.group, seq_len=min(shape.seq_len, CPU_MAX_LEN),
+                   kv_seq_len=min(shape.kv_seq_len, CPU_MAX_LEN))
+
+
+def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
+    """Target shape and distributions first, then ragged lengths, Sq != Skv both ways, explicit scale."""
+    top = interpreter_cap(target) if interpreted else target
+    kv_heads = min(top.kv_heads, 2)
+    small = replace(top, batch=min(top.batch, 2), kv_heads=kv_heads, heads=kv_heads * top.group)
+
+    def sized(base: Shape, sq: int, skv: int) -> Shape:  # never larger than the target
+        return replace(base, seq_len=max(1, min(sq, top.seq_len)), kv_seq_len=max(1, min(skv, top.kv_seq_len)))
+
+    odd = 1000 if not interpreted else 100
+    plan = [
+        ("target", top, "normal", None),
+        ("target, large logits", top, "large", None),
+        ("target, adversarial keys", top, "adversarial", None),
+        ("one query, one key", sized(small, 1, 1), "normal", None),
+        ("ragged 17", sized(small, 17, 17), "normal", None),
+        ("ragged 127", sized(small, 127, 127), "normal", None),
+        (f"ragged {odd}", sized(small, odd, odd), "normal", None),
+        ("fewer queries than keys", sized(small, 97, 300), "normal", None),
+        ("more queries than keys", sized(small, 300, 97), "normal", None),
+        ("target lengths minus a few", sized(small, top.seq_len - 3, top.kv_seq_len - 5), "normal", None),
+        ("explicit scale", sized(small, 130, 190), "normal", 0.3),
+        (f"ragged {odd}, large logits", sized(small, odd, odd), "large", None),
+        ("ragged 127, adversarial keys", sized(small, 127, 127), "adversarial", None),
+    ]
+    trials, seen = [], set()
+    for i, (purpose, shape, dist, scale) in enumerate(plan):
+        key = (shape, dist, scale)
+        if key in seen:
+            continue
+        seen.add(key)
+        trials.append(Trial(id=f"t{len(trials):02d}", purpose=purpose, shape=shape, dist=dist, seed=1000 + i,
+                            scale=scale))
+    return trials
+
+
+def make_inputs(trial: Trial, dtype: torch.dtype, device: str | torch.device):
+    """q, k, v for a trial; the same seed gives the same tensors in every process on the device."""
+    s = trial.shape
+    g = torch.Generator(device=device).manual_seed(trial.seed)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+
+    q, k, v = randn(*s.q_shape), randn(*s.kv_shape), randn(*s.kv_shape)
+    if trial.dist == "large":
+        # logits = q.k / sqrt(D) have a spread of sigma^2: ~100, as real models reach
+        q, k = q * 10.0, k * 10.0
+    elif trial.dist == "adversarial":
+        _plant_far_keys(q, k, v, randn, s)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _plant_far_keys(q, k, v, randn, s: Shape) -> None:
+    """Every query leans towards a direction u; a few far-apart keys point along u strongly.
+
+    Such keys dominate the softmax, so a kernel that skips keys (because on random data distant keys
+    hardly matter) gets these rows badly wrong.
+    """
+    u = randn(s.batch, s.kv_heads, 1, s.head_dim)
+    u = u / u.norm(dim=-1, keepdim=True)
+    q.view(s.batch, s.kv_heads, s.group, s.seq_len, s.head_dim).add_(2.0 * u.unsqueeze(2))
+    positions = sorted({0, s.kv_seq_len // 2, s.kv_seq_len - 1})
+    for rank, j in enumerate(positions):
+        gap = 20.0 + 5.0 * rank  # logit advantage over ordinary keys, in natural-log units
+        k[:, :, j] = u[:, :, 0] * (gap * math.sqrt(s.head_dim) / 2.0)
+        v[:, :, j] = 4.0 * randn(s.batch, s.kv_heads, s.head_dim)

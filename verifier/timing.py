@@ -1,0 +1,100 @@
+"""Honest GPU timing, run inside the candidate's process (and the baseline's).
+
+Per-call CUDA events on the caller's current stream (a non-default one), L2 flushed before every call,
+inputs rotated over several fresh sets, warm-up first. A wall-clock measurement of a synchronised batch
+cross-checks the events: work the events cannot see (another stream, the host) shows up there.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2
+
+
+@dataclass
+class Timing:
+    ms: float  # median of per-call event times
+    ms_min: float
+    spread: float  # (p90 - p10) / median
+    calls: int
+    wall_ms: float  # per call, from a synchronised batch, flush time removed
+    samples: list[float]
+
+    def to_dict(self) -> dict:
+        return {"ms": self.ms, "ms_min": self.ms_min, "spread": self.spread, "calls": self.calls,
+                "wall_ms": self.wall_ms, "samples": [round(s, 5) for s in self.samples]}
+
+
+def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, max_calls: int = 300,
+               min_calls: int = 10) -> Timing:
+    """Time `call(i)` (i picks an input set) on the current stream."""
+    flush_buf = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    stream = torch.cuda.current_stream()
+
+    def flush():
+        flush_buf.zero_()
+
+    for i in range(3):  # warm-up: compilation, autotuning, caches of the wrapper
+        call(i % sets)
+    torch.cuda.synchronize()
+    estimate = _one_call_ms(call, flush)
+    calls = int(min(max_calls, max(min_calls, target_s * 1000.0 / max(estimate, 1e-3))))
+
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    for i in range(calls):
+        flush()
+        starts[i].record(stream)
+        call(i % sets)
+        ends[i].record(stream)
+    torch.cuda.synchronize()
+    samples = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+    wall_calls = max(3, min(calls, 50))
+    wall = _wall_ms(lambda i: (flush(), call(i % sets)), wall_calls) - _wall_ms(lambda i: flush(), wall_calls)
+    median = statistics.median(samples)
+    p10, p90 = samples[len(samples) // 10], samples[(len(samples) * 9) // 10]
+    return Timing(ms=median, ms_min=samples[0], spread=(p90 - p10) / median if median else 0.0, calls=calls,
+                  wall_ms=max(wall, 0.0), samples=samples)
+
+
+def _one_call_ms(call, flush) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    flush()
+    start.record()
+    call(0)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def _wall_ms(step: Callable[[int], object], n: int) -> float:
+    """Per-step wall time with a device-wide synchronize after each step: nothing can hide from it."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(n):
+        step(i)
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1000.0 / n
+
+
+def matmul_peak_tflops(dtype: torch.dtype, n: int = 8192) -> float:
+    """Measured dense matmul rate: the ceiling no attention kernel can beat."""
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    reps = 20
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2.0 * n ** 3 * reps / (start.elapsed_time(end) * 1e-3) / 1e12

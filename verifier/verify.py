@@ -1,0 +1,228 @@
+"""Judge one candidate for one problem: static → run → integrity → numerics → timing.
+
+`Verifier` holds what is computed once per problem (the loaded spec, the suite, the mask density, the
+FlexAttention baseline) so that judging many candidates in a run repeats none of it.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from verifier import numerics, probes
+from verifier.baseline import Baseline, measure_baseline
+from verifier.problem import DTYPES, Problem
+from verifier.reference import mask_density
+from verifier.sandbox import ChildResult, Limits, describe_signal, run_child
+from verifier.spec import Spec, load_spec, validate_on_shape
+from verifier.static import SourceFacts, check_source
+from verifier.suite import Trial, build_suite
+from verifier.verdict import Metrics, StageResult, Verdict, conclude
+
+TIMING_SEEDS = (9001, 9002, 9003)
+IMPLAUSIBLE_MARGIN = 1.02  # above the measured matmul peak by more than this: not a real measurement
+WALL_SLACK_MS, WALL_FACTOR = 0.25, 1.5  # events vs a synchronised wall clock
+
+
+class Cancelled(Exception):
+    """The caller asked to stop while a candidate was being judged."""
+
+
+class VerifierInternalError(RuntimeError):
+    """The verifier's own code failed in the child (not the candidate's fault)."""
+
+
+@dataclass
+class VerifyOptions:
+    limits: Limits = field(default_factory=Limits)
+    time: bool = True  # time accepted kernels when on a GPU
+    baseline: bool = True  # time FlexAttention for the "x.xx× flex" ratio (cached on disk)
+    require_single_kernel: bool = False
+    cancel: threading.Event | None = None
+
+
+class Verifier:
+    def __init__(self, problem: Problem, options: VerifyOptions | None = None, spec: Spec | None = None):
+        self.problem = problem.validate()
+        self.options = options or VerifyOptions()
+        self.spec = spec or load_spec(problem.spec)
+        validate_on_shape(self.spec, problem.shape)
+        self.interpreted = problem.device == "cpu"
+        self.run_dtype = "fp16" if self.interpreted and problem.dtype == "bf16" else problem.dtype
+        self.suite = build_suite(problem.shape, self.interpreted)
+        self.notes = list(self.spec.notes)
+        if self.interpreted:
+            self.notes.append("CPU: kernels run under Triton's interpreter on shapes capped at "
+                              f"{self.suite[0].shape.label()}; timing skipped")
+            if problem.dtype == "bf16":
+                self.notes.append("CPU: bf16 run as fp16 (the interpreter's tl.dot is wrong for bf16)")
+        self.timing_lock = threading.Lock()  # GPU timing never overlaps other timing
+        self._density: float | None = None
+        self._baseline: Baseline | None = None
+
+    @property
+    def density(self) -> float:
+        if self._density is None:
+            self._density = mask_density(self.spec, self.problem.shape, self.problem.device)
+        return self._density
+
+    def baseline(self) -> Baseline | None:
+        """FlexAttention's time, SDPA's where it applies, and the GPU's matmul peak (once per problem)."""
+        if self.interpreted or not self.options.baseline:
+            return None
+        if self._baseline is None:
+            self._baseline = measure_baseline(self.problem, self.density, self.options.limits)
+        return self._baseline
+
+    # ------------------------------------------------------------------------------------------- verify
+    def verify(self, source: str, workdir: Path | None = None) -> Verdict:
+        """Judge `source`. Child files go to `workdir` (kept) or a temporary folder (removed)."""
+        started = time.monotonic()
+        owned = workdir is None
+        workdir = Path(tempfile.mkdtemp(prefix="kgen-verify-")) if owned else Path(workdir)
+        try:
+            stages, metrics = self._stages(source, workdir)
+        finally:
+            for pt in workdir.glob("*/*.pt"):
+                pt.unlink()  # outputs can be large; the verdict keeps what they showed
+            if owned:
+                shutil.rmtree(workdir, ignore_errors=True)
+        return conclude(stages, metrics, self.notes, time.monotonic() - started)
+
+    def _stages(self, source: str, workdir: Path) -> tuple[list[StageResult], Metrics]:
+        metrics = Metrics(mask_density=self.density)
+        static, facts = check_source(source)
+        stages = [static]
+        if not static.ok:
+            return stages, metrics
+        kernel = workdir / "kernel.py"
+        kernel.write_text(source)
+        child = self._run("check", kernel, facts, workdir / "check", trials=[t.to_dict() for t in self.suite])
+        stages.append(run_stage(child, len(self.suite)))
+        if not stages[-1].ok:
+            return stages, metrics
+        stages.append(probes.integrity(child.records, child.leftover_processes, self._scores_bytes()))
+        if not stages[-1].ok:
+            return stages, metrics
+        outputs = {r["trial"]: r["output"] for r in child.records if "output" in r}
+        device = self.problem.device
+        stages.append(numerics.judge(self.suite, outputs, self.spec, DTYPES[self.run_dtype],
+                                     device))
+        metrics.max_error = stages[-1].details.get("max_error")
+        metrics.error_budget_used = stages[-1].details.get("error_budget_used")
+        if stages[-1].ok and not self.interpreted and self.options.time:
+            stages += self._timing(kernel, facts, workdir / "time", metrics)
+        return stages, metrics
+
+    def _run(self, mode: str, kernel: Path, facts: SourceFacts, workdir: Path, **job) -> ChildResult:
+        workdir.mkdir(parents=True, exist_ok=True)
+        job = {"mode": mode, "kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec),
+               "device": self.problem.device, "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()),
+               "jit_functions": facts.jit_functions, **job}
+        env = {"TRITON_INTERPRET": "1"} if self.interpreted else {}
+        result = run_child(job, workdir, self.options.limits, env, self.options.cancel)
+        if result.status == "cancelled":
+            raise Cancelled()
+        return result
+
+    def _scores_bytes(self) -> float:
+        """An allocation this large can only be (a big share of) the Sq x Skv score matrix."""
+        s = self.problem.shape
+        out_bytes = s.batch * s.heads * s.seq_len * s.head_dim * 2
+        return max(s.batch * s.heads * s.seq_len * s.kv_seq_len * 2 / 4, 8 * out_bytes)
+
+    # ------------------------------------------------------------------------------------------- timing
+    def _timing(self, kernel: Path, facts: SourceFacts, workdir: Path, metrics: Metrics) -> list[StageResult]:
+        baseline = self.baseline()
+        with self.timing_lock:
+            child = self._run("time", kernel, facts, workdir, shape=asdict(self.problem.shape),
+                              seeds=list(TIMING_SEEDS))
+        stage = run_stage(child, 1)
+        if not stage.ok:
+            stage.stage = "timing"
+            return [stage]
+        record = next(r for r in child.records if "timing" in r)
+        s = self.problem.shape
+        out_bytes = s.batch * s.heads * s.seq_len * s.head_dim * 2
+        gpu = probes.gpu_integrity(record["first_call"], record["steady_call"], record["extra_bytes"],
+                                   self._scores_bytes(), out_bytes, self.options.require_single_kernel)
+        _fill_metrics(metrics, record, s.dense_flops() * self.density, baseline)
+        if not gpu.ok:
+            return [gpu]
+        recheck = self._recheck_timed(record["outputs"])
+        if not recheck.ok:
+            return [gpu, recheck]
+        return [gpu, recheck, timing_stage(record, metrics, baseline)]
+
+    def _recheck_timed(self, paths: list[str]) -> StageResult:
+        trials = [Trial(id=f"timed_{i}", purpose="timed call", shape=self.problem.shape, seed=seed)
+                  for i, seed in enumerate(TIMING_SEEDS)]
+        result = numerics.judge(trials, {t.id: p for t, p in zip(trials, paths)}, self.spec,
+                                DTYPES[self.run_dtype], self.problem.device)
+        result.stage = "timed outputs"
+        if not result.ok and result.reason != "cached_output":
+            result.message = "Outputs produced while being timed are wrong, although the same kernel passed " \
+                             "the checks: " + result.message
+        return result
+
+
+def run_stage(child: ChildResult, trials: int) -> StageResult:
+    """Did the candidate's process load and run to the end?"""
+    tail = (child.stderr_tail.strip().splitlines() or [""])[-12:]
+    details = {"phase": child.phase, "seconds": round(child.seconds, 2), "returncode": child.returncode,
+               "stdout_tail": child.stdout_tail[-1500:], "stderr_tail": "\n".join(tail)}
+    if child.status == "ok":
+        return StageResult("run", True, None, f"ran {trials} trial(s) in {child.seconds:.1f}s", details,
+                           child.seconds)
+    if child.status == "timeout":
+        return StageResult("run", False, "timeout", f"no progress during '{child.phase}' within the time limit: a "
+                           f"hang (a loop that never ends, a wait on a never-set flag) or far too slow.", details,
+                           child.seconds)
+    if child.status == "error" and child.error:
+        err = child.error
+        if err["code"] == "internal":
+            raise VerifierInternalError(f"the verifier failed while setting up its child process:\n{err['traceback']}")
+        return StageResult("run", False, err["code"], f"during '{child.phase}':\n{err['traceback']}", details,
+                           child.seconds)
+    why = (" (a segfault or abort: an out-of-bounds pointer?)" if (child.returncode or 0) < 0
+           else " without reporting a result (sys.exit or os._exit in the kernel file?)")
+    return StageResult("run", False, "crash", f"the process {describe_signal(child.returncode)} during "
+                       f"'{child.phase}'{why}.\n" + "\n".join(tail), details, child.seconds)
+
+
+def _fill_metrics(metrics: Metrics, record: dict, flops: float, baseline: Baseline | None) -> None:
+    t = record["timing"]
+    metrics.ms, metrics.ms_min, metrics.ms_spread = t["ms"], t["ms_min"], t["spread"]
+    metrics.flops = flops
+    metrics.tflops = flops / (t["ms"] * 1e-3) / 1e12
+    steady = record["steady_call"].get("kernels", [])
+    metrics.launches_per_call = len(steady)
+    metrics.launch_names = [k["name"][:80] for k in steady]
+    metrics.one_time_launches = max(0, len(record["first_call"].get("kernels", [])) - len(steady))
+    metrics.extra_memory_bytes = record["extra_bytes"]
+    if baseline is not None:
+        metrics.flex_ms, metrics.sdpa_ms, metrics.peak_tflops = baseline.flex_ms, baseline.sdpa_ms, baseline.peak_tflops
+        if baseline.flex_ms:
+            metrics.flex_tflops = flops / (baseline.flex_ms * 1e-3) / 1e12
+            metrics.ratio_to_flex = baseline.flex_ms / t["ms"]
+        if baseline.peak_tflops:
+            metrics.fraction_of_peak = metrics.tflops / baseline.peak_tflops
+
+
+def timing_stage(record: dict, metrics: Metrics, baseline: Baseline | None) -> StageResult:
+    t = record["timing"]
+    details = {"timing": t, "gpu": record.get("gpu")}
+    if t["wall_ms"] > WALL_FACTOR * t["ms"] + WALL_SLACK_MS:
+        return StageResult.failed("timing", "side_stream",
+                                  f"events on the caller's stream measured {t['ms']:.3f} ms per call but a "
+                                  f"synchronised wall clock measured {t['wall_ms']:.3f} ms: work ran where the "
+                                  f"caller's stream cannot see it.", **details)
+    if baseline and baseline.peak_tflops and metrics.tflops > baseline.peak_tflops * IMPLAUSIBLE_MARGIN:
+        return StageResult.failed("timing", "implausible_speed",
+                                  f"{metrics.tflops:.0f} TFLOP/s exceeds this GPU's measured matmul peak of "
+                                  f"{baseline.peak_tflops:.0f} TFLOP/s: the measurement cannot be real.", **details)
+    ratio = f", {metrics.ratio_to_flex:.2f}x flex" if metrics.ratio_to_flex else ""
+    return StageResult.passed("timing", f"{t['ms']:.3f} ms, {metrics.tflops:.1f} TFLOP/s{ratio}", **details)
