@@ -1,0 +1,344 @@
+"""Lower a spec's score_mod / mask_mod to Triton, the way FlexAttention's compiler does.
+
+The functions are traced with make_fx on one-element index tensors (fake mode, so Python control flow on
+indices fails loudly instead of being baked in); every aten op of the graph becomes one Triton expression
+inside a @triton.jit helper:
+
+    _score_mod(s, b, h, q_idx, kv_idx, q_ok, kv_ok, <buffer pointer and strides>...) -> s
+    _mask_mod(b, h, q_idx, kv_idx, q_ok, kv_ok, <buffer pointer and strides>...) -> keep
+
+Inside the kernel `s` is a [BM, BN] fp32 block, q_idx is [BM, 1] and kv_idx [1, BN] (int32), b and h
+scalars; q_ok / kv_ok say which rows and columns are inside the problem, and mask every buffer load.
+Semantics follow torch: Python-style // and %, the result dtype of every op as torch computes it.
+"""
+from __future__ import annotations
+
+import re
+import types
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from verifier.spec import Spec
+
+TL_DTYPES = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32",
+             torch.float64: "tl.float64", torch.int8: "tl.int8", torch.int16: "tl.int16", torch.int32: "tl.int32",
+             torch.int64: "tl.int64", torch.uint8: "tl.uint8", torch.bool: "tl.int1"}
+INDEX_ARGS = ("b", "h", "q_idx", "kv_idx")
+
+
+class LoweringError(Exception):
+    """An op the built-in proposer cannot express in Triton; the message names the op and the spec line."""
+
+
+@dataclass
+class LoweredFunction:
+    name: str  # _score_mod | _mask_mod
+    source: str  # a @triton.jit function
+    depends: set[str]  # which of s, b, h, q, kv the result depends on
+    ops: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoweredSpec:
+    score: LoweredFunction | None
+    mask: LoweredFunction | None
+    buffers: dict[str, int]  # captured tensors (name -> rank), in argument order
+    helpers: str  # @triton.jit helpers the expressions call (python-style // and %, tanh...)
+
+    def buffer_params(self) -> str:
+        """`, name, name_s0, name_s1...` for every buffer: a pointer and its strides."""
+        return "".join(buffer_signature(n, r) for n, r in self.buffers.items())
+
+    def buffer_args(self, var: str = "buf") -> str:
+        """Host-side arguments that match buffer_params, reading from a dict named `var`."""
+        return "".join(f", {var}[{n!r}]" + "".join(f", {var}[{n!r}].stride({d})" for d in range(r))
+                       for n, r in self.buffers.items())
+
+
+def buffer_signature(name: str, rank: int) -> str:
+    """Kernel-side names get a prefix so that a buffer called `q` or `H` cannot shadow the kernel's own."""
+    return f", buf_{name}" + "".join(f", buf_{name}_s{d}" for d in range(rank))
+
+
+HELPERS = '''
+@triton.jit
+def _py_floordiv(a, b):
+    # Python's floor division on integers (Triton's // truncates toward zero)
+    q = a // b
+    return q - (((a % b) != 0) & ((a < 0) != (b < 0))).to(q.dtype)
+
+
+@triton.jit
+def _py_mod(a, b):
+    # Python's modulo on integers: the result takes the sign of the divisor
+    r = a % b
+    return r + tl.where((r != 0) & ((r < 0) != (b < 0)), b, 0)
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _trunc(x):
+    return tl.where(x >= 0, tl.floor(x), tl.ceil(x))
+
+
+@triton.jit
+def _round_half_even(x):
+    r = tl.floor(x + 0.5)
+    tie = (r - x) == 0.5
+    return tl.where(tie & ((r % 2) != 0), r - 1.0, r)
+'''
+
+
+def lower_spec(spec: Spec) -> LoweredSpec:
+    buffers = {name: spec.buffers[name].dim() for name in sorted(spec.buffers)}
+    score = mask = None
+    if spec.score_mod is not None:
+        score = _lower(spec.score_mod, "_score_mod", ["s", *INDEX_ARGS], buffers, spec)
+    if spec.mask_mod is not None:
+        mask = _lower(spec.mask_mod, "_mask_mod", list(INDEX_ARGS), buffers, spec)
+    return LoweredSpec(score=score, mask=mask, buffers=buffers, helpers=HELPERS)
+
+
+def _trace(fn: Callable, params: list[str], buffers: dict[str, int], spec: Spec) -> torch.fx.GraphModule:
+    """Trace `fn` with its captured buffers turned into graph inputs (so reads of them are visible)."""
+    def rebound(*args):
+        glb = dict(fn.__globals__)
+        glb.update(zip(list(buffers), args[len(params):]))
+        f = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
+        return f(*args[: len(params)])
+
+    examples = [torch.zeros(1, dtype=torch.float32 if p == "s" else torch.int32) for p in params]
+    examples += [spec.buffers[b] for b in buffers]
+    try:
+        return make_fx(rebound, tracing_mode="fake")(*examples)
+    except Exception as e:  # noqa: BLE001 - every tracing failure becomes one clear message
+        line = _spec_line_of_exception(e, fn)
+        hint = ""
+        if "data-dependent" in str(e) or "GuardOnDataDependent" in type(e).__name__:
+            hint = " Python control flow (if/and/or/int()) on index tensors cannot be compiled: use torch.where."
+        raise LoweringError(f"cannot trace {fn.__name__}{line}: {type(e).__name__}: {str(e).splitlines()[0]}."
+                            f"{hint}") from None
+
+
+def _spec_line_of_exception(e: BaseException, fn: Callable) -> str:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == fn.__code__.co_filename]
+    return f" at {frames[-1].filename}:{frames[-1].lineno} (`{(frames[-1].line or '').strip()}`)" if frames else ""
+
+
+def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], spec: Spec) -> LoweredFunction:
+    gm = _trace(fn, params, buffers, spec)
+    emitter = _Emitter(gm, params, list(buffers), spec)
+    body = emitter.emit()
+    signature = ", ".join(params + ["q_ok", "kv_ok"]) + "".join(buffer_signature(n, r) for n, r in buffers.items())
+    source = f"@triton.jit\ndef {name}({signature}):\n" + "".join(f"    {line}\n" for line in body)
+    return LoweredFunction(name=name, source=source, depends=emitter.result_depends, ops=emitter.ops)
+
+
+class _Emitter:
+    """Walks the graph in order; each node becomes `tN = <expr>`, cast to the dtype torch gives it."""
+
+    def __init__(self, gm: torch.fx.GraphModule, params: list[str], buffers: list[str], spec: Spec):
+        self.gm, self.params, self.buffers, self.spec = gm, params, buffers, spec
+        self.names: dict[torch.fx.Node, str] = {}
+        self.deps: dict[torch.fx.Node, set[str]] = {}
+        self.lines: list[str] = []
+        self.ops: list[str] = []
+        self.result_depends: set[str] = set()
+
+    def emit(self) -> list[str]:
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for node, param in zip(placeholders, self.params + [f"buf_{b}" for b in self.buffers]):
+            self.names[node] = param
+            self.deps[node] = {"s": {"s"}, "b": {"b"}, "h": {"h"}, "q_idx": {"q"}, "kv_idx": {"kv"}}.get(param, set())
+        for node in self.gm.graph.nodes:
+            if node.op == "call_function":
+                self._call(node)
+            elif node.op == "get_attr":
+                self._constant(node)
+            elif node.op == "output":
+                result = node.args[0]
+                result = result[0] if isinstance(result, (tuple, list)) else result
+                self.result_depends = self.deps.get(result, set())
+                self.lines.append(f"return {self._ref(result)}")
+        return self.lines
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _ref(self, arg) -> str:
+        if isinstance(arg, torch.fx.Node):
+            return self.names[arg]
+        if isinstance(arg, bool):
+            return "True" if arg else "False"
+        if isinstance(arg, float):
+            return repr(arg) if arg == arg and abs(arg) != float("inf") else f'float("{arg}")'
+        if isinstance(arg, int):
+            return str(arg)
+        raise LoweringError(f"unsupported constant {arg!r}")
+
+    def _arg_deps(self, node: torch.fx.Node) -> set[str]:
+        found = set()
+        for a in node.all_input_nodes:
+            found |= self.deps.get(a, set())
+        return found
+
+    def _where(self, node: torch.fx.Node) -> str:
+        trace = node.meta.get("stack_trace") or ""
+        matches = re.findall(r'File "([^"]+)", line (\d+), in \w+\n\s*(.*)', trace)
+        spec_files = set(self.spec.files.paths)
+        for path, line, code in reversed(matches):
+            if path in spec_files:
+                return f" at {path}:{line} (`{code.strip()}`)"
+        return ""
+
+    def _unsupported(self, node: torch.fx.Node, why: str = "") -> LoweringError:
+        return LoweringError(f"the built-in proposer cannot lower {node.target}{self._where(node)} to Triton"
+                             f"{': ' + why if why else ''}. Supported: arithmetic, comparisons, where, exp/exp2/"
+                             f"log/tanh/sin/cos/tan/abs/pow, // and %, casts, reads of captured buffers.")
+
+    def _assign(self, node: torch.fx.Node, expr: str) -> None:
+        name = f"t{len(self.names)}"
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dtype in TL_DTYPES:
+            expr = f"({expr}).to({TL_DTYPES[val.dtype]})"
+        self.lines.append(f"{name} = {expr}")
+        self.names[node] = name
+        self.deps[node] = self._arg_deps(node)
+
+    def _constant(self, node: torch.fx.Node) -> None:
+        value = getattr(self.gm, node.target)
+        for name, tensor in self.spec.buffers.items():
+            if isinstance(value, torch.Tensor) and value.shape == tensor.shape and value.dtype == tensor.dtype \
+                    and torch.equal(value, tensor):
+                self.names[node], self.deps[node] = f"buf_{name}", set()
+                return
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            self.names[node], self.deps[node] = self._ref(value.item()), set()
+            return
+        raise LoweringError(f"a tensor constant of shape {tuple(value.shape)} is created inside the spec function; "
+                            f"define it at module level so it is passed as a captured buffer")
+
+    # --------------------------------------------------------------------------------------------- ops
+    def _call(self, node: torch.fx.Node) -> None:
+        op = node.target.overloadpacket.__name__ if hasattr(node.target, "overloadpacket") else str(node.target)
+        self.ops.append(op)
+        a = [self._ref(x) if not isinstance(x, (list, tuple, torch.dtype, type(None))) else x for x in node.args]
+        kw = node.kwargs
+        if op in PASSTHROUGH:
+            self.names[node], self.deps[node] = self._ref(node.args[0]), self._arg_deps(node)
+            return
+        if op in UNARY:
+            return self._assign(node, UNARY[op].format(a[0]))
+        if op in BINARY:
+            x, y = a[0], a[1]
+            if op in ("add", "sub") and kw.get("alpha", 1) != 1:
+                y = f"{kw['alpha']} * {y}"
+            if op == "div" and kw.get("rounding_mode") == "floor":
+                return self._assign(node, self._floordiv(node, x, y))
+            if op == "div" and kw.get("rounding_mode") == "trunc":
+                return self._assign(node, f"_trunc(({x}) / ({y}))" if self._is_float(node) else f"({x}) // ({y})")
+            if op == "div":
+                return self._assign(node, f"({x}).to(tl.float32) / ({y})" if not self._is_float(node.args[0])
+                                    and not self._is_float(node.args[1]) else f"({x}) / ({y})")
+            return self._assign(node, BINARY[op].format(x, y))
+        if op == "floor_divide":
+            return self._assign(node, self._floordiv(node, a[0], a[1]))
+        if op == "remainder":
+            if self._is_float(node):
+                return self._assign(node, f"({a[0]}) - ({a[1]}) * tl.floor(({a[0]}) / ({a[1]}))")
+            return self._assign(node, f"_py_mod({a[0]}, {a[1]})")
+        if op == "where":
+            return self._assign(node, f"tl.where({a[0]}, {a[1]}, {a[2]})")
+        if op in ("clamp", "clamp_min", "clamp_max"):
+            return self._assign(node, self._clamp(op, a, node))
+        if op == "pow":
+            return self._assign(node, self._pow(node, a[0], a[1]))
+        if op in ("_to_copy", "to", "type_as", "_convert_element_type"):
+            return self._assign(node, a[0])  # _assign casts to the traced dtype
+        if op in ("scalar_tensor", "full"):
+            value = node.args[0] if op == "scalar_tensor" else node.args[1]
+            return self._assign(node, self._ref(value))
+        if op == "index":
+            return self._index(node)
+        if op == "select":
+            raise self._unsupported(node, "a constant integer index into a buffer; index it with b, h, q_idx or kv_idx")
+        raise self._unsupported(node)
+
+    def _is_float(self, x) -> bool:
+        if isinstance(x, torch.fx.Node):
+            val = x.meta.get("val")
+            return isinstance(val, torch.Tensor) and val.is_floating_point()
+        return isinstance(x, float)
+
+    def _floordiv(self, node, x, y) -> str:
+        return f"tl.floor(({x}) / ({y}))" if self._is_float(node) else f"_py_floordiv({x}, {y})"
+
+    def _clamp(self, op: str, a: list, node) -> str:
+        lo = a[1] if op in ("clamp", "clamp_min") else None
+        hi = a[2] if op == "clamp" and len(a) > 2 else (a[1] if op == "clamp_max" else None)
+        if op == "clamp" and "max" in node.kwargs:
+            hi = self._ref(node.kwargs["max"])
+        expr = a[0]
+        if lo is not None:
+            expr = f"tl.maximum({expr}, {lo})"
+        if hi is not None:
+            expr = f"tl.minimum({expr}, {hi})"
+        return expr
+
+    def _pow(self, node, base: str, exponent) -> str:
+        raw = node.args[1]
+        if isinstance(raw, (int, float)) and float(raw).is_integer() and 0 <= raw <= 8:
+            return " * ".join([f"({base})"] * int(raw)) if raw else "1.0"
+        if isinstance(raw, (int, float)) and raw == 0.5:
+            return f"tl.sqrt(({base}).to(tl.float32))"
+        if isinstance(node.args[0], (int, float)):  # scalar ** tensor
+            return f"tl.exp2(({exponent}) * {float(torch.log2(torch.tensor(float(node.args[0]))))})"
+        return f"tl.exp2(({exponent}) * tl.log2(({base}).to(tl.float32)))"
+
+    def _index(self, node: torch.fx.Node) -> None:
+        buf_node, indices = node.args
+        if not isinstance(buf_node, torch.fx.Node) or self.names.get(buf_node) not in [f"buf_{b}" for b in self.buffers]:
+            raise self._unsupported(node, "only captured buffers can be indexed")
+        if any(i is None for i in indices):
+            raise self._unsupported(node, "indexing with None/':' before a tensor index")
+        buf = self.names[buf_node]
+        offset = " + ".join(f"({self._ref(i)}).to(tl.int64) * {buf}_s{d}" for d, i in enumerate(indices))
+        self._load(node, buf, offset, set().union(*(self.deps.get(i, set()) for i in indices)))
+
+    def _load(self, node: torch.fx.Node, buf: str, offset: str, deps: set[str]) -> None:
+        guards = [g for g, d in (("q_ok", "q"), ("kv_ok", "kv")) if d in deps]
+        mask = " & ".join(guards)
+        expr = f"tl.load({buf} + {offset}" + (f", mask={mask}, other=0)" if mask else ")")
+        self._assign(node, expr)
+        self.deps[node] = deps
+
+
+PASSTHROUGH = {"alias", "clone", "view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "detach",
+               "lift_fresh_copy", "lift_fresh", "contiguous", "broadcast_to", "expand_as"}
+UNARY = {
+    "neg": "-({})", "abs": "tl.abs({})", "exp": "tl.exp(({}).to(tl.float32))", "exp2": "tl.exp2(({}).to(tl.float32))",
+    "log": "tl.log(({}).to(tl.float32))", "log2": "tl.log2(({}).to(tl.float32))", "sqrt": "tl.sqrt(({}).to(tl.float32))",
+    "rsqrt": "tl.rsqrt(({}).to(tl.float32))", "sin": "tl.sin(({}).to(tl.float32))",
+    "cos": "tl.cos(({}).to(tl.float32))", "tan": "tl.sin(({0}).to(tl.float32)) / tl.cos(({0}).to(tl.float32))",
+    "tanh": "_tanh(({}).to(tl.float32))", "sigmoid": "tl.sigmoid(({}).to(tl.float32))",
+    "erf": "tl.erf(({}).to(tl.float32))", "floor": "tl.floor({})", "ceil": "tl.ceil({})", "trunc": "_trunc({})",
+    "round": "_round_half_even({})", "reciprocal": "1.0 / ({})", "sign": "tl.where(({0}) > 0, 1, tl.where(({0}) < 0, -1, 0))",
+    "log1p": "tl.log(1.0 + ({}).to(tl.float32))", "expm1": "tl.exp(({}).to(tl.float32)) - 1.0",
+    "bitwise_not": "~({})", "logical_not": "({}) == 0", "square": "({0}) * ({0})",
+}
+BINARY = {
+    "add": "({}) + ({})", "sub": "({}) - ({})", "rsub": "({1}) - ({0})", "mul": "({}) * ({})", "div": "({}) / ({})",
+    "true_divide": "({}) / ({})", "fmod": "({}) % ({})", "eq": "({}) == ({})", "ne": "({}) != ({})",
+    "lt": "({}) < ({})", "le": "({}) <= ({})", "gt": "({}) > ({})", "ge": "({}) >= ({})",
+    "bitwise_and": "({}) & ({})", "bitwise_or": "({}) | ({})", "bitwise_xor": "({}) ^ ({})",
+    "logical_and": "(({}) != 0) & (({}) != 0)", "logical_or": "(({}) != 0) | (({}) != 0)",
+    "logical_xor": "(({}) != 0) ^ (({}) != 0)", "minimum": "tl.minimum({}, {})", "maximum": "tl.maximum({}, {})",
+    "fmin": "tl.minimum({}, {})", "fmax": "tl.maximum({}, {})",
+}
