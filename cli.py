@@ -108,6 +108,162 @@ def verify(
     raise typer.Exit(0 if verdict.accepted else 1)
 
 
+# ---------------------------------------------------------------------------------------------- attention
+@app.command()
+def attention(
+    score_mod: ScoreMod = None, mask_mod: MaskMod = None,
+    batch: Batch = DEFAULTS["batch"], heads: Heads = DEFAULTS["heads"], kv_heads: KvHeads = None,
+    seq_len: SeqLen = DEFAULTS["seq_len"], kv_seq_len: KvSeqLen = None, head_dim: HeadDim = DEFAULTS["head_dim"],
+    dtype: Dtype = DEFAULTS["dtype"], device: Device = None,
+    timeout: Timeout = DEFAULTS["timeout"], compile_timeout: CompileTimeout = DEFAULTS["compile_timeout"],
+    model: Annotated[Optional[str], typer.Option("--model", envvar="KGEN_MODEL", help="Model id at an OpenAI-"
+                     "compatible endpoint. Without one, only the built-in proposer runs (offline).",
+                     show_default=False)] = None,
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="Endpoint root, e.g. http://localhost:8000/v1"
+                        " for vLLM. Default: $OPENAI_BASE_URL, else OpenAI.", show_default=False)] = None,
+    api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the API key.")]
+    = "OPENAI_API_KEY",
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds to wait for one model answer "
+                               "(reasoning models think for minutes).")] = 900.0,
+    budget: Annotated[str, typer.Option("--budget", help="Time budget: 90s, 15m, 1h.")] = "10m",
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Model lineages in flight at once.")] = 2,
+    stall_after: Annotated[int, typer.Option("--stall-after", min=1, help="Attempts without improvement before a "
+                           "lineage restarts from the best kernel so far.")] = 4,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Stop after this many attempts.",
+                            show_default=False)] = None,
+    builtin: Annotated[bool, typer.Option("--builtin/--no-builtin", help="Run the built-in proposer (lowered spec + "
+                       "FlashAttention template) as a lineage and as the seed for the model.")] = True,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run directories are written.")] = Path("runs"),
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Time FlexAttention for the ratio "
+                        "(GPU; compiled once and cached).")] = True,
+):
+    """Search for the fastest verified Triton kernel for a spec, within a time budget."""
+    from agent.session import SessionError, start_session
+
+    try:
+        problem, spec = build_problem(score_mod, mask_mod, batch, heads, kv_heads, seq_len, kv_seq_len, head_dim,
+                                      dtype, device)
+        budget_s = parse_duration(budget)
+    except UsageProblem as e:
+        fail_usage(str(e))
+    from agent.llm import ModelConfig
+    from agent.loop import SearchConfig
+    from verifier.sandbox import Limits
+
+    model_config = ModelConfig(model=model, base_url=base_url, api_key_env=api_key_env,
+                               request_timeout_s=request_timeout) if model else None
+    try:
+        session = start_session(problem, spec, model_config, SearchConfig(budget_s=budget_s, max_attempts=max_attempts),
+                                runs_dir=runs_dir, samples=samples, stall_after=stall_after, builtin=builtin,
+                                limits=Limits(compile_s=compile_timeout, call_s=timeout), baseline=baseline,
+                                command=sys.argv)
+    except SessionError as e:
+        fail_usage(str(e))
+    for note in session.notes:
+        err.print(f"[dim]note: {note}[/]", highlight=False)
+    record = run_with_progress(session)
+    print_run_summary(session, record)
+    if record.status == "failed":
+        from agent.llm import ConfigError
+
+        raise typer.Exit(2 if isinstance(session.search.fatal, ConfigError) else 1)
+    raise typer.Exit(0 if record.best else 1)
+
+
+def parse_duration(text: str) -> float:
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*", text)
+    if not match:
+        raise UsageProblem(f"--budget {text!r} is not a duration: write 90s, 15m or 1h.")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def run_with_progress(session):
+    """Run the search with a live status line; every finished attempt gets a line of its own."""
+    import signal
+
+    from rich.live import Live
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    with Live(console=err, refresh_per_second=4, transient=True) as live:
+        def on_event(kind, data):
+            if kind == "attempt":
+                err.print(attempt_line(data["attempt"], data["best"]), highlight=False)
+            live.update(status_line(session))
+
+        session.search.on_event = on_event
+        ticker = _Ticker(lambda: live.update(status_line(session)))
+        try:
+            record = session.search.run()
+        finally:
+            ticker.stop()
+            signal.signal(signal.SIGTERM, previous)
+    return record
+
+
+class _Ticker:
+    """Refresh the status line every half second while the search runs."""
+
+    def __init__(self, refresh):
+        import threading
+
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(refresh,), daemon=True)
+        self.thread.start()
+
+    def _run(self, refresh):
+        while not self.done.wait(0.5):
+            refresh()
+
+    def stop(self):
+        self.done.set()
+
+
+def status_line(session) -> str:
+    search, record = session.search, session.record
+    best = record.best
+    best_text = "none yet"
+    if best:
+        best_text = f"#{best['attempt']}" + (f" {best['tflops']:.1f} TFLOP/s" if best.get("tflops") else " (untimed)")
+        if best.get("ratio_to_flex"):
+            best_text += f", {best['ratio_to_flex']:.2f}x flex"
+    return (f"[bold]{search.elapsed():5.0f}s[/] / {search.config.budget_s:.0f}s  attempts {record.attempts}  "
+            f"verified {record.verified}  best {best_text}")
+
+
+def attempt_line(attempt, best: bool) -> str:
+    from agent.records import ACCEPTED
+
+    colour = "green" if attempt.status == ACCEPTED else "red" if attempt.status == "rejected" else "yellow"
+    star = "  [bold yellow]new best[/]" if best else ""
+    return (f"[dim]{attempt.finished_s:6.1f}s[/] #{attempt.number:<3} {attempt.candidate.origin:<7} "
+            f"{attempt.candidate.label:<22} [{colour}]{attempt.summary()}[/]{star}")
+
+
+def print_run_summary(session, record) -> None:
+    out.print(f"\nrun {record.id}: {record.status} ({record.stop_reason}); {record.attempts} attempt(s), "
+              f"{record.verified} verified", highlight=False)
+    out.print(f"run directory: {session.rundir.path}", highlight=False)
+    if record.status == "failed":
+        err.print(f"[bold red]error:[/] {record.stop_reason}", highlight=False)
+    if record.best:
+        b = record.best
+        speed = f"{b['ms']:.3f} ms, {b['tflops']:.1f} TFLOP/s" if b.get("ms") else "correct (not timed: no GPU)"
+        flex = f", {b['ratio_to_flex']:.2f}x flex" if b.get("ratio_to_flex") else ""
+        out.print(f"[bold green]best kernel[/]: {b['path']}  ({speed}{flex}; {b['origin']} {b['label']})",
+                  highlight=False)
+    else:
+        out.print("[bold red]no verified kernel[/] within the budget; see the attempts' verdicts in the run "
+                  "directory.", highlight=False)
+    if session.model_config is None:
+        out.print("[dim]Only the built-in proposer ran. To search with a model too: --model MODEL "
+                  "[--base-url URL] with its key in $OPENAI_API_KEY (or --api-key-env NAME).[/]", highlight=False)
+
+
 def print_verdict(verdict, problem) -> None:
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
     table.add_column("stage")

@@ -69,6 +69,11 @@ class Verifier:
             self._density = mask_density(self.spec, self.problem.shape, self.problem.device)
         return self._density
 
+    @property
+    def measured_baseline(self) -> Baseline | None:
+        """The baseline if it has been measured in this run (never measures it)."""
+        return self._baseline
+
     def baseline(self) -> Baseline | None:
         """FlexAttention's time, SDPA's where it applies, and the GPU's matmul peak (once per problem)."""
         if self.interpreted or not self.options.baseline:
@@ -83,6 +88,7 @@ class Verifier:
         started = time.monotonic()
         owned = workdir is None
         workdir = Path(tempfile.mkdtemp(prefix="kgen-verify-")) if owned else Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
         try:
             stages, metrics = self._stages(source, workdir)
         finally:

@@ -1,0 +1,174 @@
+"""Where candidates come from, behind one small interface: `propose(context)` and `observe(attempt)`.
+
+- TemplateProposer: the built-in kernel (lowered spec + FlashAttention-2 template) over a search of block
+  sizes, warps and stages. It knows when it has nothing left to try.
+- ModelProposer: one lineage of a reasoning model refining its own kernel with the verifier's feedback;
+  when it stalls it restarts from the best verified kernel so far.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import triton
+
+import prompts
+from agent.builtin.lower import lower_spec
+from agent.builtin.template import KernelConfig, render_kernel
+from agent.extract import FormatError, extract_kernel
+from agent.llm import ChatClient
+from agent.records import ACCEPTED, NO_KERNEL, Attempt, Candidate, describe_speed
+from verifier.problem import Problem
+from verifier.spec import Spec
+from verifier.verdict import REASONS
+
+
+@dataclass
+class SearchContext:
+    """What a proposer may know about the search when it proposes."""
+
+    problem: Problem
+    spec: Spec
+    gpu: str | None
+    density: float  # share of the scores the mask keeps
+    best: Attempt | None  # the fastest verified kernel so far, from any lineage
+
+
+class Proposer(Protocol):
+    origin: str
+    lineage: int
+
+    def propose(self, context: SearchContext) -> Candidate | None:
+        """The next candidate, or None when there is nothing left to try."""
+
+    def observe(self, attempt: Attempt) -> None:
+        """Learn from the verdict on a candidate this proposer made."""
+
+
+# --------------------------------------------------------------------------------------------- built-in
+def search_space(head_dim: int, interpreted: bool) -> list[KernelConfig]:
+    """Configs to try first, most promising first (by head dim); refinements come from results."""
+    if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
+        return [KernelConfig(32, 32, 4, 2)]
+    if head_dim <= 64:
+        base = [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 3), (128, 64, 8, 4)]
+    elif head_dim <= 128:
+        base = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2), (128, 64, 4, 2)]
+    else:
+        base = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 64, 4, 2)]
+    return [KernelConfig(*c) for c in base]
+
+
+class TemplateProposer:
+    origin = "builtin"
+
+    def __init__(self, spec: Spec, problem: Problem, lineage: int = 0):
+        self.lineage = lineage
+        self.spec_name = spec.name
+        self.lowered = lower_spec(spec)  # LoweringError: the caller decides whether the run can go on
+        self.interpreted = problem.device == "cpu"
+        self.queue = search_space(problem.shape.head_dim, self.interpreted)
+        self.tried: dict[KernelConfig, float | None] = {}  # config -> ms (None: rejected or untimed)
+
+    def propose(self, context: SearchContext) -> Candidate | None:
+        while self.queue:
+            cfg = self.queue.pop(0)
+            if cfg not in self.tried:
+                self.tried[cfg] = None
+                return Candidate(origin=self.origin, lineage=self.lineage, label=cfg.label(),
+                                 source=render_kernel(self.spec_name, self.lowered, cfg), config=cfg.to_dict())
+        return None
+
+    def observe(self, attempt: Attempt) -> None:
+        cfg = KernelConfig(**attempt.candidate.config)
+        self.tried[cfg] = attempt.ms if attempt.status == ACCEPTED else None
+        if not self.queue and not self.interpreted:
+            self.queue = self._refinements()
+
+    def _refinements(self) -> list[KernelConfig]:
+        """Neighbours of the fastest config: one more or one fewer pipeline stage, the other warp count."""
+        timed = [(ms, c) for c, ms in self.tried.items() if ms is not None]
+        if not timed:
+            return []
+        best = min(timed, key=lambda t: t[0])[1]
+        near = [KernelConfig(best.block_m, best.block_n, best.num_warps, s) for s in (best.num_stages - 1,
+                                                                                     best.num_stages + 1) if 1 <= s <= 5]
+        near.append(KernelConfig(best.block_m, best.block_n, 12 - best.num_warps, best.num_stages))
+        return [c for c in near if c not in self.tried]
+
+
+# ------------------------------------------------------------------------------------------------ model
+class ModelProposer:
+    origin = "model"
+
+    def __init__(self, client: ChatClient, lineage: int, stall_after: int = 4):
+        self.client, self.lineage, self.stall_after = client, lineage, stall_after
+        self.previous: Attempt | None = None  # the attempt the next prompt gives feedback on
+        self.history: list[dict] = []  # one line per attempt of this lineage since its last restart
+        self.best_ms: float | None = None
+        self.since_improvement = 0
+        self.round = 0
+
+    def propose(self, context: SearchContext) -> Candidate:
+        self.round += 1
+        messages = [{"role": "system", "content": prompts.render("system")},
+                    {"role": "user", "content": first_prompt(context)}]
+        if self.previous is not None:  # the conversation carries the last visible answer, never reasoning
+            answer = self.previous.candidate.answer
+            messages += [{"role": "assistant", "content": answer.content if answer else ""},
+                         {"role": "user", "content": feedback_prompt(self.previous, self.history[:-1], context)}]
+        answer = self.client.complete(messages)  # LLMError / ConfigError: the loop decides
+        candidate = Candidate(origin=self.origin, lineage=self.lineage,
+                              label=f"lineage {self.lineage} round {self.round}",
+                              parent=self.previous.number if self.previous else None, messages=messages, answer=answer)
+        try:
+            candidate.source = extract_kernel(answer)
+        except FormatError as e:
+            candidate.format_error = e.feedback
+        return candidate
+
+    def observe(self, attempt: Attempt) -> None:
+        self.previous = attempt
+        self.history.append({"number": attempt.number, "outcome": attempt.summary()})
+        if attempt.status == ACCEPTED and (self.best_ms is None or (attempt.ms or 0) < self.best_ms):
+            self.best_ms, self.since_improvement = attempt.ms, 0
+        else:
+            self.since_improvement += 1
+        if self.since_improvement >= self.stall_after:
+            self.restart()
+
+    def restart(self) -> None:
+        """Forget this lineage's conversation: the next prompt starts from the best kernel so far."""
+        self.previous, self.history, self.since_improvement, self.best_ms = None, [], 0, None
+
+
+def first_prompt(context: SearchContext) -> str:
+    problem, spec, best = context.problem, context.spec, context.best
+    seed = None
+    if best is not None:
+        seed = {"kernel": best.candidate.source, "summary": f"{describe_speed(best.verdict)} ({best.candidate.label})"}
+    buffers = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+               for n, t in spec.buffers.items()]
+    return prompts.render("first", spec_source=spec.source, buffers=buffers, shape=problem.shape, dtype=problem.dtype,
+                          device=problem.device, gpu=context.gpu, triton_version=triton.__version__,
+                          torch_version=torch.__version__.split("+")[0], density=context.density, seed=seed)
+
+
+def feedback_prompt(attempt: Attempt, history: list[dict], context: SearchContext) -> str:
+    """What the verifier said about `attempt`, and what to try next."""
+    if attempt.status == NO_KERNEL:
+        return prompts.render("format_error", feedback=attempt.candidate.format_error)
+    verdict = attempt.verdict
+    best = context.best
+    best_summary = (f"{describe_speed(best.verdict)} (attempt {best.number}, {best.candidate.label})"
+                    if best is not None and best.number != attempt.number else None)
+    stage = verdict.failed_stage
+    return prompts.render("feedback", accepted=attempt.status == ACCEPTED, summary=describe_speed(verdict),
+                          best_summary=best_summary, metrics=verdict.metrics, history=history,
+                          stage=stage.stage if stage else None, reason=verdict.reason,
+                          reason_meaning=REASONS.get(verdict.reason or "", ""), message=_trim(verdict.message))
+
+
+def _trim(text: str, limit: int = 3000) -> str:
+    return text if len(text) <= limit else text[: limit // 2] + "\n[...]\n" + text[-limit // 2:]
