@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -47,7 +47,12 @@ class Proposer(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- built-in
-def search_space(head_dim: int, interpreted: bool) -> list[KernelConfig]:
+def is_hopper() -> bool:
+    """Tensor descriptors and warp specialization need compute capability 9.0 or newer."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+def search_space(head_dim: int, interpreted: bool, hopper: bool = False) -> list[KernelConfig]:
     """Configs to try first, most promising first (by head dim); refinements come from results."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
@@ -57,7 +62,11 @@ def search_space(head_dim: int, interpreted: bool) -> list[KernelConfig]:
         base = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2), (128, 64, 4, 2)]
     else:
         base = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 64, 4, 2)]
-    return [KernelConfig(*c) for c in base]
+    configs = [KernelConfig(*c) for c in base]
+    if hopper and head_dim % 8 == 0:  # descriptors need 16-byte aligned rows
+        configs = [KernelConfig(*c, tma=True, warp_specialize=True) for c in base[:2]] + \
+                  [KernelConfig(*c, tma=True) for c in base[:2]] + configs
+    return configs
 
 
 class TemplateProposer:
@@ -68,7 +77,7 @@ class TemplateProposer:
         self.spec_name = spec.name
         self.lowered = lower_spec(spec)  # LoweringError: the caller decides whether the run can go on
         self.interpreted = problem.device == "cpu"
-        self.queue = search_space(problem.shape.head_dim, self.interpreted)
+        self.queue = search_space(problem.shape.head_dim, self.interpreted, hopper=is_hopper())
         self.tried: dict[KernelConfig, float | None] = {}  # config -> ms (None: rejected or untimed)
 
     def propose(self, context: SearchContext) -> Candidate | None:
@@ -84,18 +93,19 @@ class TemplateProposer:
         cfg = KernelConfig(**attempt.candidate.config)
         self.tried[cfg] = attempt.ms if attempt.status == ACCEPTED else None
         if not self.queue and not self.interpreted:
-            self.queue = self._refinements()
+            self.queue = refinements(self.tried)
 
-    def _refinements(self) -> list[KernelConfig]:
-        """Neighbours of the fastest config: one more or one fewer pipeline stage, the other warp count."""
-        timed = [(ms, c) for c, ms in self.tried.items() if ms is not None]
-        if not timed:
-            return []
-        best = min(timed, key=lambda t: t[0])[1]
-        near = [KernelConfig(best.block_m, best.block_n, best.num_warps, s) for s in (best.num_stages - 1,
-                                                                                     best.num_stages + 1) if 1 <= s <= 5]
-        near.append(KernelConfig(best.block_m, best.block_n, 12 - best.num_warps, best.num_stages))
-        return [c for c in near if c not in self.tried]
+
+
+def refinements(tried: dict[KernelConfig, float | None]) -> list[KernelConfig]:
+    """Neighbours of the fastest config so far: one more or one fewer pipeline stage, the other warp count."""
+    timed = [(ms, c) for c, ms in tried.items() if ms is not None]
+    if not timed:
+        return []
+    best = min(timed, key=lambda t: t[0])[1]
+    near = [replace(best, num_stages=s) for s in (best.num_stages - 1, best.num_stages + 1) if 1 <= s <= 5]
+    near.append(replace(best, num_warps=12 - best.num_warps))
+    return [c for c in near if c not in tried]
 
 
 # ------------------------------------------------------------------------------------------------ model

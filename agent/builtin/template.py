@@ -1,6 +1,7 @@
 """Render the built-in kernel: the lowered spec dropped into a FlashAttention-2 style template."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,9 +19,12 @@ class KernelConfig:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False  # Hopper tensor descriptors for Q, K, V and O (bounds handled by the copy engine)
+    warp_specialize: bool = False  # producer/consumer warps for the key loop (with tma)
 
     def label(self) -> str:
-        return f"BM{self.block_m} BN{self.block_n} w{self.num_warps} s{self.num_stages}"
+        extras = " tma" * self.tma + " ws" * self.warp_specialize
+        return f"BM{self.block_m} BN{self.block_n} w{self.num_warps} s{self.num_stages}{extras}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -28,8 +32,16 @@ class KernelConfig:
 
 def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> str:
     mask = lowered.mask
+    used = " ".join(f.source for f in (lowered.score, lowered.mask) if f)
     return TEMPLATES.get_template("flash.py.j2").render(
-        spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=lowered.helpers,
+        spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
         score=lowered.score, mask=mask, buffer_params=lowered.buffer_params(),
-        buffer_args=lowered.buffer_args("buf"),
+        buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
         mask_uses_b=bool(mask and "b" in mask.depends), mask_uses_h=bool(mask and "h" in mask.depends))
+
+
+def _used_helpers(helpers: str, code: str) -> str:
+    """Only the helper functions the lowered spec calls, so the kernel file carries no dead code."""
+    blocks = re.split(r"\n(?=\n@triton\.jit)", helpers)
+    kept = [b for b in blocks if (m := re.search(r"def (\w+)\(", b)) and f"{m.group(1)}(" in code]
+    return "\n".join(kept)

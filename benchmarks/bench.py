@@ -1,0 +1,239 @@
+"""kgen's built-in kernels against FlexAttention and SDPA, side by side, measured in one run (CUDA).
+
+For every spec and shape: kgen's built-in proposer searches its configs exactly as `kgen attention` does
+(every config checked against the float64 reference on the target inputs, timed with the verifier's own
+timing: CUDA events on a non-default stream, L2 flushed, inputs rotated); FlexAttention is timed with
+torch.compile in the default mode and in max-autotune-no-cudagraphs; SDPA where the spec is plain or
+causal. TFLOP/s count unmasked work only. Results stream to a JSON file row by row.
+
+    python benchmarks/bench.py                                  # every spec in examples/specs, 3 shapes
+    python benchmarks/bench.py --specs causal,rel_pos --shapes 2x16x8192x128 --flex default
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.builtin.lower import lower_spec  # noqa: E402
+from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from agent.proposers import is_hopper, refinements, search_space  # noqa: E402
+from verifier import numerics, reference, timing  # noqa: E402
+from verifier.baseline import FLEX_MODES, sdpa_kind  # noqa: E402
+from verifier.problem import DTYPES, Shape  # noqa: E402
+from verifier.spec import SpecFiles, load_spec  # noqa: E402
+from verifier.suite import Trial, make_inputs  # noqa: E402
+
+DEFAULT_SHAPES = ["4x16x4096x64", "2x16x8192x128", "8x16x2048x128"]
+
+
+@dataclass
+class Row:
+    spec: str
+    shape: str
+    density: float
+    kgen_ms: float | None = None
+    kgen_config: str = ""
+    kgen_error_ratio: float | None = None  # worst error / tolerance on the target inputs (<= 1 is correct)
+    configs_tried: int = 0
+    config_ms: dict = field(default_factory=dict)  # config label -> ms, every config timed
+    flex_ms: dict = field(default_factory=dict)  # mode -> ms
+    sdpa_ms: float | None = None
+    seconds: float = 0.0
+    errors: list = field(default_factory=list)
+
+
+def sweep_grid(head_dim: int) -> list[KernelConfig]:
+    """Every block shape, warp count and stage depth worth a look, with and without Hopper features."""
+    grid = []
+    for bm, bn in ((64, 64), (128, 64), (128, 128)):
+        for warps in (4, 8):
+            for stages in (2, 3):
+                grid.append(KernelConfig(bm, bn, warps, stages))
+                if is_hopper() and head_dim % 8 == 0:
+                    grid.append(KernelConfig(bm, bn, warps, stages, tma=True))
+                    grid.append(KernelConfig(bm, bn, warps, stages, tma=True, warp_specialize=True))
+    return grid
+
+
+def parse_shape(text: str) -> Shape:
+    b, h, n, d = (int(x) for x in text.split("x"))
+    return Shape(b, h, h, n, n, d)
+
+
+def load_module(source: str, directory: Path):
+    path = Path(tempfile.mkstemp(suffix=".py", dir=directory)[1])
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(spec_path: Path, shape: Shape, dtype: torch.dtype, flex_modes: list[str], workdir: Path,
+            configs: list[KernelConfig] | None = None) -> Row:
+    started = time.monotonic()
+    spec = load_spec(SpecFiles(str(spec_path)))
+    row = Row(spec=spec.name, shape=shape.label(), density=reference.mask_density(spec, shape, "cuda"))
+    sets = [make_inputs(Trial(id=f"s{i}", purpose="bench", shape=shape, seed=9001 + i), dtype, "cuda")
+            for i in range(3)]
+    buffers = {n: t.cuda() for n, t in spec.buffers.items()}
+    check = _checker(spec, shape, sets[0], buffers)
+    with reference.buffers_on(spec, buffers):
+        _kgen(row, spec, shape, sets, buffers, check, workdir, configs)
+        for mode in flex_modes:
+            _guarded(row, f"flex {mode}", lambda: row.flex_ms.__setitem__(mode, _flex_ms(spec, shape, sets, mode)))
+        kind = sdpa_kind(spec, shape)
+        if kind:
+            _guarded(row, "sdpa", lambda: setattr(row, "sdpa_ms", _sdpa_ms(sets, kind)))
+    row.seconds = time.monotonic() - started
+    return row
+
+
+def _checker(spec, shape: Shape, inputs, buffers):
+    """Worst error / tolerance of an output on the first input set (the verifier's tolerance rule)."""
+    q, k, v = inputs
+    trial = Trial(id="bench", purpose="bench", shape=shape)
+    with reference.buffers_on(spec, buffers):
+        exact = reference.exact(q, k, v, spec, None, shape)
+        plain = reference.straightforward(q, k, v, spec, None, shape)
+
+    def check(out: torch.Tensor) -> float:
+        result = numerics.compare(trial, out, exact, plain)
+        return result.max_error / result.tolerance
+
+    return check
+
+
+def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, configs) -> None:
+    """The built-in proposer's search (or, with `configs`, exactly those configs and no refinement)."""
+    lowered = lower_spec(spec)
+    queue, tried = list(configs or search_space(shape.head_dim, interpreted=False, hopper=is_hopper())), {}
+    while queue:
+        cfg = queue.pop(0)
+        if cfg in tried:
+            continue
+        tried[cfg] = None
+        try:
+            fn = load_module(render_kernel(spec.name, lowered, cfg), workdir).attention
+            ratio = check(fn(*sets[0], **buffers))
+            if ratio > 1.0:
+                row.errors.append(f"{cfg.label()}: wrong output ({ratio:.1f}x tolerance)")
+                continue
+            ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets)).ms
+        except Exception as e:  # noqa: BLE001 - a config that fails to compile is skipped, and said so
+            row.errors.append(f"{cfg.label()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            continue
+        tried[cfg] = row.config_ms[cfg.label()] = ms
+        if row.kgen_ms is None or ms < row.kgen_ms:
+            row.kgen_ms, row.kgen_config, row.kgen_error_ratio = ms, cfg.label(), ratio
+        if not queue and configs is None:
+            queue = refinements(tried)
+    row.configs_tried = len(tried)
+
+
+def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block_mask = None
+    if spec.mask_mod is not None:
+        block_mask = create_block_mask(spec.mask_mod, shape.batch, shape.heads, shape.seq_len, shape.kv_seq_len,
+                                       device="cuda")
+    compiled = torch.compile(flex_attention, mode=FLEX_MODES[mode], dynamic=False)
+    gqa = shape.heads != shape.kv_heads
+    return timing.time_calls(lambda i: compiled(*sets[i], score_mod=spec.score_mod, block_mask=block_mask,
+                                                enable_gqa=gqa), len(sets)).ms
+
+
+def _sdpa_ms(sets, kind: str) -> float:
+    f = torch.nn.functional.scaled_dot_product_attention
+    return timing.time_calls(lambda i: f(*sets[i], is_causal=kind == "causal"), len(sets)).ms
+
+
+def _guarded(row: Row, what: str, action) -> None:
+    try:
+        action()
+    except Exception as e:  # noqa: BLE001 - one failing baseline must not lose the rest of the table
+        row.errors.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+
+
+def tflops(row: Row, shape: Shape, ms: float | None) -> float | None:
+    return None if not ms else shape.dense_flops() * row.density / (ms * 1e-3) / 1e12
+
+
+def print_table(rows: list[Row], shapes: dict[str, Shape], modes: list[str]) -> None:
+    ref_mode = "max-autotune" if "max-autotune" in modes else modes[0]
+    head = ["spec", "shape", "kgen TF/s", "config"] + [f"flex {m} TF/s" for m in modes] + ["SDPA TF/s",
+                                                                                         f"kgen/flex {ref_mode}"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    ratios = []
+    for r in rows:
+        s = shapes[r.shape]
+        flex = [tflops(r, s, r.flex_ms.get(m)) for m in modes]
+        ratio = r.flex_ms.get(ref_mode) / r.kgen_ms if r.kgen_ms and r.flex_ms.get(ref_mode) else None
+        if ratio:
+            ratios.append(ratio)
+        cells = [r.spec, r.shape, _num(tflops(r, s, r.kgen_ms)), r.kgen_config] + [_num(f) for f in flex] + \
+                [_num(tflops(r, s, r.sdpa_ms)), f"{ratio:.2f}x" if ratio else "-"]
+        print("| " + " | ".join(cells) + " |")
+    if ratios:
+        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        print(f"\ngeometric mean kgen/flex {ref_mode}: {geo:.2f}x over {len(ratios)} rows; "
+              f"min {min(ratios):.2f}x, max {max(ratios):.2f}x")
+
+
+def _num(x: float | None) -> str:
+    return f"{x:.0f}" if x else "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", default="", help="comma-separated spec names in --spec-dir (default: all)")
+    parser.add_argument("--spec-dir", default=str(ROOT / "examples" / "specs"))
+    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="BxHxNxD,...")
+    parser.add_argument("--flex", default="default,max-autotune", help="flex compile modes to time")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--sweep", action="store_true", help="time a wide grid of configs instead of the search")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench.py times kernels on a CUDA GPU; none is visible here.", file=sys.stderr)
+        return 2
+    spec_dir = Path(args.spec_dir)
+    names = args.specs.split(",") if args.specs else sorted(p.stem for p in spec_dir.glob("*.py"))
+    shapes = {parse_shape(s).label(): parse_shape(s) for s in args.shapes.split(",")}
+    modes = [m for m in args.flex.split(",") if m]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in shapes.values():
+            for name in names:
+                grid = sweep_grid(shape.head_dim) if args.sweep else None
+                row = measure(spec_dir / f"{name}.py", shape, DTYPES[args.dtype], modes, Path(tmp), grid)
+                rows.append(row)
+                if args.sweep:
+                    for label, ms in sorted(row.config_ms.items(), key=lambda t: t[1]):
+                        print(f"    {label:<28} {ms:.4f} ms  {tflops(row, shape, ms):.0f} TFLOP/s")
+                print(f"[{row.seconds:5.1f}s] {row.spec} {row.shape}: kgen {row.kgen_ms} ms ({row.kgen_config}), "
+                      f"flex {row.flex_ms}, sdpa {row.sdpa_ms}" + (f"; errors: {row.errors}" if row.errors else ""),
+                      flush=True)
+                Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                                      "rows": [asdict(r) for r in rows]}, indent=1))
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}\n")
+    print_table(rows, shapes, modes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
