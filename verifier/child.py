@@ -67,6 +67,9 @@ def trimmed_traceback(exc: BaseException, kernel_path: str, limit: int = 2500) -
 
 
 def classify(exc: BaseException, during_import: bool) -> str:
+    refused = _refusal(exc)
+    if refused is not None:
+        return refused.code  # the audit hook stopped the candidate: snooping or tampering, not a bug
     message = str(exc)
     if any(k in message for k in CONTEXT_KILLERS):
         return "crash"
@@ -76,6 +79,15 @@ def classify(exc: BaseException, during_import: bool) -> str:
     if names & {"CompilationError", "CompileTimeAssertionFailure", "UnsupportedLanguageConstruct"}:
         return "compile_error"
     return "runtime_error"
+
+
+def _refusal(exc: BaseException | None, depth: int = 0) -> guards.Refused | None:
+    """The verifier's refusal, if it is this exception or what caused it (Triton wraps exceptions)."""
+    if exc is None or depth > 5:
+        return None
+    if isinstance(exc, guards.Refused):
+        return exc
+    return _refusal(exc.__cause__ or exc.__context__, depth + 1)
 
 
 def import_candidate(path: str):

@@ -166,6 +166,14 @@ def live_threads() -> set[int]:
     return {t.ident for t in threading.enumerate() if t.is_alive()}
 
 
+class Refused(PermissionError):
+    """Raised into the candidate when its own code does something the verifier forbids."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 class AuditTrail:
     """Audit events raised by the candidate's own code (not by torch or triton on its behalf)."""
 
@@ -191,12 +199,23 @@ class AuditTrail:
         if getattr(self._busy, "on", False):
             return
         self._busy.on = True
+        blocked = None
         try:
+            if event.startswith("object.") and self._owned(args[0]):
+                return  # the candidate's own classes are its to change (a @dataclass sets their __doc__)
             if self._raised_by_candidate():
                 code = "snooping" if event in self.SNOOPING else "tampering"
                 self.events.append((code, event, repr(args)[:200]))
+                blocked = code
         finally:
             self._busy.on = False
+        if blocked:  # recorded, and refused: the candidate must not reach the verifier or the system
+            raise Refused(blocked, f"kgen's verifier does not allow `{event}` from a kernel file ({args!r:.120})")
+
+    def _owned(self, obj) -> bool:
+        cls = obj if isinstance(obj, type) else type(obj)
+        module = sys.modules.get(getattr(cls, "__module__", None) or "")
+        return getattr(module, "__file__", None) == self.candidate_file
 
     def _raised_by_candidate(self) -> bool:
         """The innermost frame outside the standard library belongs to the candidate's file."""

@@ -2,7 +2,8 @@
 
 Tolerance is tied to the reference: a trial passes when the worst error is within a small factor of the
 error that a careful computation in the same dtype makes (`reference.straightforward`), plus a floor of
-a couple of ulps. The verifier, not the candidate's process, holds every reference.
+a couple of ulps. The verifier, not the candidate's process, holds every reference. A trial that repeats an
+earlier trial's inputs must reproduce that trial's output.
 """
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch
     details = {"trials": [asdict(c) for c in checks],
                "max_error": max(c.max_error for c in checks),
                "error_budget_used": max(c.max_error / c.tolerance for c in checks if c.tolerance > 0)}
+    unstable = _unrepeatable(trials, loaded, {c.trial: c for c in checks})
+    if unstable:
+        return StageResult.failed("numerics", "nondeterministic", unstable, **details)
     if not failed:
         return StageResult.passed("numerics", f"all {len(checks)} trials within tolerance", **details)
     first = failed[0]
@@ -113,12 +117,37 @@ def _summary(first: TrialCheck, failed: list[TrialCheck], checks: list[TrialChec
     return "\n".join(lines)
 
 
+def _unrepeatable(trials: list[Trial], loaded: dict, checks: dict[str, TrialCheck]) -> str | None:
+    """What went wrong when a trial that repeats an earlier one's inputs gave a different output."""
+    for trial in trials:
+        if trial.repeat_of is None or trial.repeat_of not in loaded:
+            continue
+        a, b = loaded[trial.repeat_of].double(), loaded[trial.id].double()
+        tol = checks[trial.repeat_of].tolerance
+        if a.shape != b.shape:
+            return f"{trial.id} repeated {trial.repeat_of} with the same inputs but returned shape {tuple(b.shape)}, " \
+                   f"not {tuple(a.shape)}."
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        diff = torch.where(same, 0.0, (a - b).abs().nan_to_num(nan=float("inf")))
+        if float(diff.max()) > tol:
+            worst = torch.unravel_index(diff.argmax(), diff.shape)
+            where = ", ".join(f"{k}={int(v)}" for k, v in zip(("batch", "head", "row", "col"), worst))
+            return (f"{trial.id} repeated {trial.repeat_of} [{trial.shape.label()}, {trial.dist}] with the same "
+                    f"inputs, but the outputs differ by up to {float(diff.max()):.3g} (tolerance {tol:.3g}) at "
+                    f"{where}; {float((diff > 0).double().mean()):.2%} of elements differ. Identical calls must give "
+                    f"the same output: carry no state from call to call, and let no two programs race on one output "
+                    f"element.")
+    return None
+
+
 def _matches_earlier(trial: Trial, loaded: dict, trials: list[Trial], tol: float) -> str | None:
-    """The id of an earlier trial with the same shape whose output this one repeats."""
+    """The id of an earlier trial with the same shape, but other inputs, whose output this one repeats."""
     out = loaded[trial.id].double()
     for earlier in trials:
         if earlier.id == trial.id:
             return None
+        if earlier.id == trial.repeat_of:
+            continue  # the same inputs: the same output is right
         if earlier.shape == trial.shape and torch.isfinite(out).all():
             if float((loaded[earlier.id].double() - out).abs().max()) <= tol:
                 return earlier.id

@@ -190,10 +190,13 @@ def _global_names(code: types.CodeType):
 def _add_buffer(name: str, tensor: torch.Tensor, buffers: dict, fn: Callable) -> None:
     if name in buffers and buffers[name] is not tensor:
         raise SpecError(f"Two spec files define a different captured tensor named `{name}`. Rename one.")
+    if tensor.requires_grad:
+        raise SpecError(f"{fn.__code__.co_filename}: buffer `{name}` requires grad; kgen kernels are forward-only: "
+                        f"define it under torch.no_grad() or call .detach().")
     if tensor.is_complex() or tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise SpecError(f"{fn.__code__.co_filename}: buffer `{name}` has dtype {tensor.dtype}; "
                         f"use an integer, bool or float16/bfloat16/float32/float64 tensor.")
-    buffers[name] = tensor.detach()
+    buffers[name] = tensor  # the very object the functions read, so it can be swapped for a device copy
 
 
 def index_grid(shape, q_rows: torch.Tensor, device, kv: torch.Tensor | None = None):

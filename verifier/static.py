@@ -150,6 +150,7 @@ class _Scanner(ast.NodeVisitor):
         for alias in node.names:
             full = f"{module}.{alias.name}"
             self._check_dotted(full, node)
+            self._check_reached_module(full, node)
             self.aliases[alias.asname or alias.name] = full
 
     def _check_module(self, module: str, node: ast.AST) -> None:
@@ -179,10 +180,21 @@ class _Scanner(ast.NodeVisitor):
             self.report("tampering", node, f"`{dotted}`: a kernel file must not touch events, synchronization, "
                                            f"memory settings or Triton's benchmarking tools.")
 
+    def _check_reached_module(self, dotted: str, node: ast.AST) -> None:
+        """torch imports os, sys, threading...: `torch.os._exit` is `import os` by another name."""
+        for part in dotted.split(".")[1:]:
+            if part in SNOOPING_MODULES or part in TAMPERING_MODULES:
+                code = "snooping" if part in SNOOPING_MODULES else "tampering"
+                self.report(code, node, f"`{dotted}` reaches the {part} module through another one; a kernel file "
+                                        f"must not use {part}, by any name.")
+                return
+
     def visit_Attribute(self, node: ast.Attribute):
         resolved = self.resolve(node)
         if resolved:
             self._check_dotted(resolved, node)
+            if _dotted(node).split(".")[0] in self.aliases:  # rooted in an import, not a local's attribute
+                self._check_reached_module(resolved, node)
         self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name):

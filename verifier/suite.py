@@ -27,6 +27,7 @@ class Trial:
     dist: str = "normal"
     seed: int = 0
     scale: float | None = None  # None: the kernel's default, 1/sqrt(D)
+    repeat_of: str | None = None  # the id of an earlier trial with the very same inputs (a determinism check)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +46,8 @@ def interpreter_cap(shape: Shape) -> Shape:
 
 
 def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
-    """Target shape and distributions first, then ragged lengths, Sq != Skv both ways, explicit scale."""
+    """Target shape and distributions first, then ragged lengths, Sq != Skv both ways, explicit scale; last, the
+    first trial once more with the same inputs, which must give the same output."""
     top = interpreter_cap(target) if interpreted else target
     kv_heads = min(top.kv_heads, 2)
     small = replace(top, batch=min(top.batch, 2), kv_heads=kv_heads, heads=kv_heads * top.group)
@@ -62,8 +64,9 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         ("ragged 17", sized(small, 17, 17), "normal", None),
         ("ragged 127", sized(small, 127, 127), "normal", None),
         (f"ragged {odd}", sized(small, odd, odd), "normal", None),
-        ("fewer queries than keys", sized(small, 97, 300), "normal", None),
-        ("more queries than keys", sized(small, 300, 97), "normal", None),
+        # at small targets the other length shrinks too, so that Sq != Skv both ways at every target
+        ("fewer queries than keys", sized(small, min(97, top.seq_len // 2 + 1), 300), "normal", None),
+        ("more queries than keys", sized(small, 300, min(97, top.kv_seq_len // 2 + 1)), "normal", None),
         ("target lengths minus a few", sized(small, top.seq_len - 3, top.kv_seq_len - 5), "normal", None),
         ("explicit scale", sized(small, 130, 190), "normal", 0.3),
         (f"ragged {odd}, large logits", sized(small, odd, odd), "large", None),
@@ -77,6 +80,8 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         seen.add(key)
         trials.append(Trial(id=f"t{len(trials):02d}", purpose=purpose, shape=shape, dist=dist, seed=1000 + i,
                             scale=scale))
+    first = trials[0]
+    trials.append(replace(first, id=f"t{len(trials):02d}", purpose="target again, same inputs", repeat_of=first.id))
     return trials
 
 

@@ -15,6 +15,7 @@ SCORES = {
     "rel_pos": "s = s + (rows[:, None] - cols[None, :]).to(tl.float32)",
     "softcap": "s = 30.0 * _tanh(s / 30.0)",
     "local_bias": "s = s - 0.5 * tl.abs(rows[:, None] - cols[None, :]).to(tl.float32)",
+    "alibi": "s = s + (cols[None, :] - rows[:, None]).to(tl.float32) * tl.exp2(-((h + 1) * 8.0 / 16.0))",
 }
 MASKS = {
     "causal": "keep = keep & (rows[:, None] >= cols[None, :])",

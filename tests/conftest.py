@@ -1,0 +1,50 @@
+"""Shared fixtures for the verifier's tests: the shared spec files, and one CPU Verifier per problem."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from verifier.problem import Problem, Shape
+from verifier.sandbox import Limits
+from verifier.spec import SpecFiles
+from verifier.verify import Verifier, VerifyOptions
+
+# CI checks the repository out beside the shared folder: <root>/../shared/specs
+SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs"
+# The smallest target whose suite still has ragged lengths, Sq != Skv both ways and two query blocks.
+SMALL = Shape(batch=2, heads=2, kv_heads=2, seq_len=64, kv_seq_len=64, head_dim=32)
+
+
+@pytest.fixture(scope="session")
+def specs() -> Path:
+    if not (SPECS / "noop.py").is_file():
+        pytest.skip(f"the shared spec files are not at {SPECS} (CI keeps them in ../shared/specs beside the repo)")
+    return SPECS
+
+
+def spec_path(spec: str | Path | None) -> str | None:
+    """A shared spec by name ('causal'), or any file by path."""
+    if spec is None:
+        return None
+    path = Path(spec) if isinstance(spec, Path) or spec.endswith(".py") else SPECS / f"{spec}.py"
+    return str(path.resolve())
+
+
+@pytest.fixture(scope="session")
+def verifier(specs):
+    """verifier(score, mask, shape, limits) -> a CPU Verifier, built once per session for each problem.
+
+    `score` and `mask` name a shared spec or give a path; one file alone may define both functions."""
+    built: dict[tuple, Verifier] = {}
+
+    def get(score: str | Path | None = "noop", mask: str | Path | None = None, shape: Shape = SMALL,
+            limits: Limits | None = None) -> Verifier:
+        limits = limits or Limits()
+        key = (spec_path(score), spec_path(mask), shape, limits.compile_s, limits.call_s)
+        if key not in built:
+            problem = Problem(SpecFiles(spec_path(score), spec_path(mask)), shape, "bf16", "cpu")
+            built[key] = Verifier(problem, VerifyOptions(limits=limits))
+        return built[key]
+
+    return get

@@ -1,0 +1,192 @@
+"""The cheating kernels in tests/kernels/: each must be rejected with its own reason code (issue 4), on CPU.
+
+A cheat the static scan misses must be caught at run time, by the stage named here. CUDA-only checks
+(side_stream at run time, implausible_speed, multiple_kernels, profiler-seen library kernels) are tested
+here through the functions that judge their records, and for real in test_gpu_verifier.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import kernel_file
+from verifier import probes
+from verifier.baseline import Baseline
+from verifier.child import bad_output_reason
+from verifier.problem import Shape
+from verifier.profile import summarize
+from verifier.static import check_source
+from verifier.verdict import REASONS, Metrics
+from verifier.verify import timing_stage
+
+CHEATS = [  # fixture file, reason code, the stage that must catch it
+    ("cached_output.py", "cached_output", "numerics"),
+    ("input_mutated.py", "input_mutated", "integrity"),
+    ("output_is_q.py", "output_aliases_input", "integrity"),
+    ("host_matmul.py", "forbidden_call", "static"),
+    ("getattr_bmm.py", "forbidden_call", "integrity"),
+    ("torch_math.py", "forbidden_call", "integrity"),
+    ("oob_write.py", "out_of_bounds_write", "integrity"),
+    ("skips_last_block.py", "uninitialized_output", "integrity"),
+    ("fp32_output.py", "bad_output", "integrity"),
+    ("patch_synchronize.py", "tampering", "static"),
+    ("patch_module_dict.py", "tampering", "integrity"),
+    ("leaves_thread.py", "tampering", "integrity"),
+    ("imports_gc.py", "snooping", "static"),
+    ("opens_file.py", "snooping", "run"),  # refused by the audit hook at the call itself
+    ("noisy_calls.py", "nondeterministic", "numerics"),
+]
+
+
+@pytest.mark.parametrize("name, reason, stage", CHEATS, ids=[c[0].removesuffix(".py") for c in CHEATS])
+def test_cheat_is_rejected(verifier, name, reason, stage):
+    source = kernel_file(name)
+    assert source.startswith(f"# Cheat (must be rejected with {reason}")
+    verdict = verifier("noop").verify(source)
+    assert not verdict.accepted
+    assert (verdict.reason, verdict.failed_stage.stage) == (reason, stage), verdict.message
+    assert verdict.message
+
+
+def test_the_honest_version_of_the_cheats_is_accepted(verifier):
+    """The cheats share one kernel; without the cheat it is correct, so the rejections are about the cheats."""
+    honest = kernel_file("oob_write.py").replace("mask=rows[:, None] <= SQ)", "mask=rows[:, None] < SQ)")
+    assert verifier("noop").verify(honest).accepted
+
+
+def test_materialized_scores_on_cpu(verifier):
+    """The threshold follows the capped CPU target, so a 512-long target still catches a 128 x 128 score matrix."""
+    verdict = verifier("noop", shape=Shape(1, 2, 2, 512, 512, 16)).verify(kernel_file("materializes_scores.py"))
+    assert (verdict.reason, verdict.failed_stage.stage) == ("materialized_scores", "integrity"), verdict.message
+
+
+def test_dynamic_cheats_really_pass_the_static_scan():
+    for name, _, stage in CHEATS:
+        if stage != "static":
+            assert check_source(kernel_file(name))[0].ok, name
+
+
+# ------------------------------------------------------------------ the judges of CUDA-only observations
+class Tensorish:
+    """Something returned instead of a tensor."""
+
+
+def test_bad_output_reasons():
+    q = torch.zeros(2, 2, 8, 16, dtype=torch.float16)
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert bad_output_reason(torch.zeros_like(q), q) is None
+    assert "float32" in bad_output_reason(q.float(), q)
+    assert "shape (2, 2, 16, 8)" in bad_output_reason(q.transpose(2, 3).contiguous(), q)
+    assert "not contiguous" in bad_output_reason(q.transpose(2, 3).contiguous().transpose(2, 3), q)
+    assert "Sub" in bad_output_reason(torch.zeros_like(q).as_subclass(Sub), q)
+    assert "Tensorish" in bad_output_reason(Tensorish(), q)
+    assert "autograd" in bad_output_reason(torch.zeros_like(q, requires_grad=True), q)
+
+
+def profile(kernels=(("_attn_fwd", 7),), caller=7, math=(), dtoh=0, htod=0, error=None) -> dict:
+    """A profiled call as profile.summarize reports it."""
+    if error:
+        return {"error": error, "kernels": [], "ops": []}
+    listed = [{"name": n, "stream": s, "us": 10.0, "own": n.startswith("_attn")} for n, s in kernels]
+    return {"caller_stream": caller, "kernels": listed,
+            "other_streams": sorted({s for _, s in kernels if s != caller}), "library_math": list(math),
+            "device_to_host_bytes": dtoh, "host_to_device_bytes": htod, "ops": []}
+
+
+def gpu(first=None, steady=None, extra=0, single=False):
+    return probes.gpu_integrity(first or profile(), steady or profile(), extra, scores_bytes=1 << 26,
+                                out_bytes=1 << 20, require_single_kernel=single)
+
+
+def test_gpu_integrity_passes_one_own_kernel_on_the_callers_stream():
+    assert gpu().ok and gpu(single=True).ok
+
+
+@pytest.mark.parametrize("observed, reason", [
+    (dict(steady=profile(kernels=[("_attn_fwd", 9)])), "side_stream"),
+    (dict(steady=profile(kernels=[("_attn_fwd", 7), ("sm90_xmma_gemm_bf16", 7)], math=["sm90_xmma_gemm_bf16"])),
+     "forbidden_call"),
+    (dict(first=profile(dtoh=1 << 20)), "forbidden_call"),
+    (dict(steady=profile(htod=1 << 20)), "forbidden_call"),
+    (dict(extra=1 << 27), "materialized_scores"),
+    (dict(steady=profile(kernels=[("_zero", 7), ("_attn_fwd", 7)]), single=True), "multiple_kernels"),
+    (dict(first=profile(error="the profiler saw no kernels (not even the verifier's markers)")), "tampering"),
+])
+def test_gpu_integrity_rejects(observed, reason):
+    result = gpu(**observed)
+    assert (result.ok, result.reason, result.stage) == (False, reason, "gpu integrity")
+    assert result.message
+
+
+def test_profile_summary_of_a_trace():
+    """What the profiler's trace becomes: the markers fix the caller's stream; the rest is judged against it."""
+    def kernel(name, stream, ts):
+        return {"cat": "kernel", "name": name, "ts": ts, "dur": 5.0, "args": {"stream": stream}}
+
+    events = [kernel("marker_add", 7, 0), kernel("_attn_fwd_0d1d2d", 7, 10), kernel("ampere_bf16_gemm_128x64", 7, 20),
+              kernel("_attn_fwd", 13, 30), kernel("marker_add", 7, 40),
+              {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pinned)", "args": {"bytes": 4096}},
+              {"cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "args": {"bytes": 64}},
+              {"cat": "cpu_op", "name": "aten::mm"}]
+    summary = summarize(events, ["_attn_fwd"])
+    assert summary["caller_stream"] == 7 and [k["name"] for k in summary["kernels"]] == [
+        "_attn_fwd_0d1d2d", "ampere_bf16_gemm_128x64", "_attn_fwd"]
+    assert summary["other_streams"] == [13] and summary["library_math"] == ["ampere_bf16_gemm_128x64"]
+    assert (summary["device_to_host_bytes"], summary["host_to_device_bytes"]) == (4096, 64)
+    assert summary["ops"] == ["aten::mm"]
+    assert "error" in summarize([], ["_attn_fwd"])  # not even the markers: the profiler was disturbed
+    result = probes.gpu_integrity(summary, summary, 0, 1 << 26, 1 << 20, False)
+    assert result.reason == "forbidden_call" and "side_stream" in result.message  # the more specific first
+
+
+def test_two_launches_are_fine_unless_a_single_kernel_is_required():
+    two = profile(kernels=[("_zero", 7), ("_attn_fwd", 7)])
+    assert gpu(steady=two).ok
+
+
+def test_integrity_flags_a_record_with_a_score_sized_allocation():
+    record = {"trial": "t00", "observations": [], "largest_allocation": 1 << 22}
+    assert probes.integrity([record], False, scores_bytes=1 << 23).ok
+    result = probes.integrity([record], False, scores_bytes=1 << 22)
+    assert (result.reason, result.stage) == ("materialized_scores", "integrity")
+
+
+def test_integrity_priority_and_leftover_processes():
+    record = {"trial": "t00", "observations": [{"code": "uninitialized_output", "message": "m"},
+                                               {"code": "output_aliases_input", "message": "a"}]}
+    result = probes.integrity([record, {"tamper": {"changed_functions": [], "new_threads": 0, "audit": []}}],
+                              False, 1 << 30)
+    assert result.reason == "output_aliases_input" and "uninitialized_output" in result.message
+    assert probes.integrity([{"trial": "t00", "observations": []}], True, 1 << 30).reason == "tampering"
+
+
+def timed(ms: float, wall_ms: float) -> dict:
+    return {"timing": {"ms": ms, "ms_min": ms, "spread": 0.01, "calls": 100, "wall_ms": wall_ms, "samples": [ms]},
+            "gpu": "test"}
+
+
+def test_timing_stage_accepts_a_plausible_measurement():
+    result = timing_stage(timed(1.0, 1.05), Metrics(tflops=400.0), Baseline(peak_tflops=800.0))
+    assert result.ok and "1.000 ms" in result.message
+
+
+def test_implausible_speed():
+    result = timing_stage(timed(0.01, 0.011), Metrics(tflops=5000.0), Baseline(peak_tflops=800.0))
+    assert (result.ok, result.reason) == (False, "implausible_speed")
+    assert timing_stage(timed(0.01, 0.011), Metrics(tflops=5000.0), None).ok  # no peak measured: no claim
+
+
+def test_work_the_events_cannot_see_is_side_stream():
+    result = timing_stage(timed(0.05, 2.0), Metrics(tflops=100.0), Baseline(peak_tflops=800.0))
+    assert (result.ok, result.reason) == (False, "side_stream")
+
+
+def test_every_reason_code_is_covered_here_or_in_the_other_test_files():
+    """A reminder kept honest: each code has a triggering test (issue 4's 'for every reason code')."""
+    here = {c[1] for c in CHEATS} | {"materialized_scores", "implausible_speed", "side_stream", "multiple_kernels"}
+    elsewhere = {"syntax_error", "missing_entry_point", "no_triton_kernel", "compile_error", "runtime_error",
+                 "crash", "timeout", "wrong_output", "nan_output", "truncated_work"}  # test_static.py, test_verify.py
+    assert here | elsewhere == set(REASONS)

@@ -1,0 +1,91 @@
+"""The verifier on a CUDA GPU: timing, and the checks only a GPU can make (side streams, implausible speed,
+launch counts, score-sized allocations, illegal memory access). Skipped without CUDA."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import flash_source, kernel_file
+from verifier.problem import Problem, Shape
+from verifier.spec import SpecFiles
+from verifier.verify import Verifier, VerifyOptions
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+TARGET = Shape(2, 8, 8, 1024, 1024, 64)
+
+
+@pytest.fixture(scope="session")
+def gpu_verifier(specs):
+    built: dict[tuple, Verifier] = {}
+
+    def get(spec: str = "noop", shape: Shape = TARGET, baseline: bool = False,
+            require_single_kernel: bool = False) -> Verifier:
+        key = (spec, shape, baseline, require_single_kernel)
+        if key not in built:
+            problem = Problem(SpecFiles(str(specs / f"{spec}.py")), shape, "bf16", "cuda")
+            options = VerifyOptions(baseline=baseline, require_single_kernel=require_single_kernel)
+            built[key] = Verifier(problem, options)
+        return built[key]
+
+    return get
+
+
+def reason(verdict) -> tuple[str | None, str | None]:
+    return verdict.reason, verdict.failed_stage.stage if verdict.failed_stage else None
+
+
+@pytest.mark.parametrize("spec, score, mask", [("noop", None, None), ("causal", None, "causal"),
+                                               ("key_padding", None, "key_padding"), ("alibi", "alibi", None)])
+def test_good_kernel_is_accepted_and_timed(gpu_verifier, spec, score, mask):
+    shape = Shape(8, 4, 4, 1024, 1024, 64) if spec == "key_padding" else TARGET
+    verdict = gpu_verifier(spec, shape, require_single_kernel=True).verify(flash_source(score, mask, bm=64, bn=64))
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    assert [s.stage for s in verdict.stages] == ["static", "run", "integrity", "numerics", "gpu integrity",
+                                                 "timed outputs", "timing"]
+    m = verdict.metrics
+    assert m.ms > 0 and m.tflops > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")
+    assert m.extra_memory_bytes < shape.batch * shape.heads * shape.seq_len * shape.head_dim * 2  # < the output
+
+
+def test_good_kernel_is_accepted_every_time(gpu_verifier):
+    v = gpu_verifier("causal")
+    for _ in range(3):
+        verdict = v.verify(flash_source(mask="causal", bm=64, bn=64))
+        assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+
+
+def test_illegal_memory_access_is_a_crash(gpu_verifier):
+    source = flash_source().replace("q = tl.load(Q + b", "q = tl.load(Q + 10**12 + b")
+    assert reason(gpu_verifier().verify(source)) == ("crash", "run")
+
+
+def test_side_stream(gpu_verifier):
+    assert reason(gpu_verifier().verify(kernel_file("side_stream.py"))) == ("side_stream", "gpu integrity")
+
+
+def test_multiple_kernels_only_when_a_single_kernel_is_required(gpu_verifier):
+    source = kernel_file("two_launches.py")
+    assert reason(gpu_verifier(require_single_kernel=True).verify(source)) == ("multiple_kernels", "gpu integrity")
+    verdict = gpu_verifier().verify(source)
+    assert verdict.accepted and verdict.metrics.launches_per_call == 2
+
+
+def test_materialized_scores(gpu_verifier):
+    assert reason(gpu_verifier().verify(kernel_file("materializes_scores.py"))) == ("materialized_scores", "integrity")
+
+
+def test_library_math_on_the_gpu(gpu_verifier):
+    assert reason(gpu_verifier().verify(kernel_file("getattr_bmm.py"))) == ("forbidden_call", "integrity")
+
+
+def test_cached_output_on_the_gpu(gpu_verifier):
+    assert reason(gpu_verifier().verify(kernel_file("cached_output.py"))) == ("cached_output", "numerics")
+
+
+@pytest.mark.slow
+def test_implausible_speed(gpu_verifier):
+    """Needs the measured matmul peak, so the FlexAttention baseline is measured (once, then cached on disk)."""
+    verdict = gpu_verifier(baseline=True).verify(kernel_file("replays_output.py"))
+    assert reason(verdict) == ("implausible_speed", "timing"), verdict.message
+    assert verdict.metrics.tflops > verdict.metrics.peak_tflops

@@ -1,0 +1,261 @@
+"""The verifier end to end on CPU (Triton's interpreter, real child processes): correct kernels are accepted,
+kernels that crash, hang, raise, or are wrong in the ways the suite is built to expose get the right code."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from kernels import flash_source
+from verifier.problem import Shape
+from verifier.sandbox import Limits
+from verifier.spec import index_grid
+from verifier.suite import build_suite
+from verifier.verdict import Verdict
+
+SMALL = Shape(2, 2, 2, 64, 64, 32)
+
+GOOD = [  # spec file(s), the kernel's score and mask, a target that exercises the spec
+    pytest.param("noop", None, None, None, SMALL, id="noop"),
+    pytest.param("rel_pos", None, "rel_pos", None, Shape(1, 4, 2, 64, 64, 32), id="rel_pos-gqa"),
+    pytest.param(None, "causal", None, "causal", Shape(2, 2, 2, 64, 96, 32), id="causal-sq<skv"),
+    # batch 8 reaches key lengths 77 and 1 within the CPU lengths
+    pytest.param(None, "key_padding", None, "key_padding", Shape(8, 1, 1, 128, 128, 32), id="key_padding-b8"),
+    pytest.param("softcap", None, "softcap", None, SMALL, id="softcap"),
+    pytest.param("alibi", None, "alibi", None, Shape(1, 4, 4, 64, 64, 32), id="alibi-h4"),
+]
+
+
+def accepted(verdict: Verdict) -> bool:
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    return True
+
+
+def rejected(verdict: Verdict, reason: str, stage: str | None = None) -> Verdict:
+    assert not verdict.accepted
+    assert verdict.reason == reason, f"expected {reason}, got {verdict.reason}: {verdict.message}"
+    assert verdict.message and verdict.failed_stage.reason == reason
+    if stage:
+        assert verdict.failed_stage.stage == stage
+    return verdict
+
+
+def local_spec(tmp_path_factory, text: str, name: str):
+    path = tmp_path_factory.mktemp("specs") / f"{name}.py"
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ accepted kernels
+@pytest.mark.parametrize("score_file, mask_file, score, mask, shape", GOOD)
+def test_good_kernels_are_accepted(verifier, score_file, mask_file, score, mask, shape):
+    verdict = verifier(score_file, mask_file, shape).verify(flash_source(score, mask))
+    assert accepted(verdict)
+    assert [s.stage for s in verdict.stages] == ["static", "run", "integrity", "numerics"]
+    assert all(s.ok for s in verdict.stages)
+    assert 0 < verdict.metrics.error_budget_used <= 0.5  # comfortably inside the tolerance, not borderline
+    assert verdict.metrics.ms is None  # no timing under the interpreter
+    assert any("interpreter" in note for note in verdict.notes)
+
+
+def test_good_kernel_is_accepted_every_time(verifier):
+    """No false alarms: the same correct kernel, judged again and again, with a different block size."""
+    v = verifier("causal")
+    for _ in range(3):
+        assert accepted(v.verify(flash_source(mask="causal", bm=16, bn=64)))
+
+
+def test_ordinary_python_in_the_kernel_file_is_no_tampering(verifier):
+    """A @dataclass config (dataclasses sets the class's __doc__, an audited event) and an enum are plain code."""
+    source = flash_source().replace("import math\n", "import enum\nimport math\nfrom dataclasses import dataclass\n")
+    source = source.replace("\n\ndef attention", '''
+
+class Layout(enum.Enum):
+    BHSD = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    layout: Layout = Layout.BHSD
+    calls: int = 0
+
+
+CONFIG = Config()
+
+
+def attention''').replace("    return o\n", "    assert CONFIG.layout is Layout.BHSD\n    return o\n")
+    assert accepted(verifier("noop").verify(source))
+
+
+def test_fully_masked_rows(verifier, tmp_path_factory):
+    path = local_spec(tmp_path_factory, "def mask_mod(b, h, q_idx, kv_idx):\n    return q_idx >= kv_idx + 5\n",
+                      "late_start")
+    v = verifier(path)
+    # the suite really holds rows with no key at all: rows 0..4 of every trial
+    for trial in v.suite:
+        rows = torch.arange(trial.shape.seq_len)
+        b, h, q, kv = index_grid(trial.shape, rows, "cpu")
+        kept = torch.broadcast_to(v.spec.mask_mod(b, h, q, kv), (*trial.shape.q_shape[:3], trial.shape.kv_seq_len))
+        assert not kept[:, :, : min(5, trial.shape.seq_len)].any()
+    assert accepted(v.verify(flash_source(mask="all_masked_early_rows")))
+
+
+def test_verdict_round_trips_and_workdir_is_kept(verifier, tmp_path):
+    verdict = verifier("noop").verify(flash_source(), workdir=tmp_path)
+    assert accepted(verdict)
+    assert Verdict.from_dict(verdict.to_dict()) == verdict
+    assert (tmp_path / "kernel.py").read_text() == flash_source()
+    assert not list(tmp_path.glob("*/*.pt"))  # outputs are deleted once judged
+
+
+# -------------------------------------------------------------------------------------- numerically wrong
+def test_missing_bounds_masks_write_out_of_bounds(verifier):
+    rejected(verifier("noop").verify(flash_source(variant="no_bounds")), "out_of_bounds_write", "integrity")
+
+
+def test_reading_past_the_end_of_v_is_caught(verifier):
+    """Loads past an input's end read the verifier's NaN guard: 0 * NaN poisons the row."""
+    source = flash_source().replace("mask=kv_ok[:, None], other=0.0)", ")")
+    verdict = rejected(verifier("noop").verify(source), "nan_output", "numerics")
+    assert "NaN/inf" in verdict.message
+
+
+def test_padded_keys_counted_is_wrong_only_on_ragged_lengths(verifier):
+    verdict = rejected(verifier("noop").verify(flash_source(variant="padded_keys_counted")), "wrong_output",
+                       "numerics")
+    trials = {t["purpose"]: t for t in verdict.failed_stage.details["trials"]}
+    assert trials["target"]["ok"] and trials["target, large logits"]["ok"]  # 64 keys: two full blocks
+    assert not trials["ragged 17"]["ok"] and not trials["one query, one key"]["ok"]
+    assert "Passing: target [" in verdict.message
+    assert "max error" in verdict.message and "% of elements off" in verdict.message and "at batch=" in verdict.message
+
+
+def test_no_running_max_overflows_on_large_logits(verifier):
+    verdict = rejected(verifier("noop").verify(flash_source(variant="no_max")), "nan_output", "numerics")
+    failed = [t for t in verdict.failed_stage.details["trials"] if not t["ok"]]
+    assert failed and all(t["dist"] != "normal" for t in failed) and failed[0]["nonfinite"] > 0
+
+
+@pytest.mark.slow
+def test_skipping_far_keys_is_truncated_work(verifier, tmp_path_factory):
+    """With a strong distance penalty far keys weigh nothing on unit-scale data, but large logits need them."""
+    path = local_spec(tmp_path_factory, "def score_mod(score, b, h, q_idx, kv_idx):\n"
+                                        "    return score - 0.5 * (q_idx - kv_idx).abs()\n", "local_bias")
+    v = verifier(path, shape=Shape(1, 2, 2, 128, 128, 32))
+    assert accepted(v.verify(flash_source("local_bias")))
+    verdict = rejected(v.verify(flash_source("local_bias", variant="local_only")), "truncated_work", "numerics")
+    assert "Every unit-scale trial passed" in verdict.message
+
+
+def test_output_buffer_handed_out_twice(verifier):
+    verdict = rejected(verifier("noop").verify(flash_source(variant="shared_output")), "output_aliases_input",
+                       "integrity")
+    assert "earlier call's output" in verdict.message
+
+
+# ------------------------------------------------------------------------------- crashes, hangs and errors
+def test_segfault_is_a_crash(verifier):
+    source = flash_source().replace("q = tl.load(Q + b", "q = tl.load(Q + 10**12 + b")
+    verdict = rejected(verifier("noop").verify(source), "crash", "run")
+    assert "SIGSEGV" in verdict.message
+
+
+def test_hang_in_a_later_call_is_a_timeout_within_the_call_limit(verifier):
+    source = flash_source().replace("    m_i = tl.full", "    n = 0\n    while (SQ == 17) & (n >= 0):\n"
+                                    "        n += 1\n    m_i = tl.full", 1)
+    v = verifier("noop", limits=Limits(compile_s=60.0, call_s=2.0))
+    started = time.monotonic()
+    verdict = rejected(v.verify(source), "timeout", "run")
+    elapsed = time.monotonic() - started
+    assert "ragged 17" in verdict.message  # the phase it hung in
+    assert elapsed < 20, f"a 2 s call limit took {elapsed:.1f} s to end the hang"
+
+
+@pytest.mark.slow
+def test_hang_in_the_first_call_is_bounded_by_the_compile_limit(verifier):
+    source = flash_source().replace("    m_i = tl.full", "    n = 0\n    while n >= 0:\n        n += 1\n"
+                                    "    m_i = tl.full", 1)
+    v = verifier("noop", limits=Limits(compile_s=6.0, call_s=60.0))
+    started = time.monotonic()
+    verdict = rejected(v.verify(source), "timeout", "run")
+    elapsed = time.monotonic() - started
+    assert "t00" in verdict.message and 6 <= elapsed < 25
+
+
+def test_host_exception_is_a_runtime_error_naming_the_line(verifier):
+    source = flash_source().replace("    o = torch.empty_like(q)\n", "    o = torch.empty_like(q)\n"
+                                    "    assert SQ >= 16, f'need at least 16 queries, got {SQ}'\n")
+    line = source.splitlines().index("    assert SQ >= 16, f'need at least 16 queries, got {SQ}'") + 1
+    verdict = rejected(verifier("noop").verify(source), "runtime_error", "run")
+    assert f'File "kernel.py", line {line}, in attention' in verdict.message
+    assert "AssertionError: need at least 16 queries, got 1" in verdict.message
+
+
+def test_import_error_is_a_compile_error(verifier):
+    source = flash_source().replace("import triton.language as tl\n",
+                                    "import triton.language as tl\nfrom triton.language import flash_attention\n")
+    verdict = rejected(verifier("noop").verify(source), "compile_error", "run")
+    assert "ImportError" in verdict.message and "during 'import'" in verdict.message
+
+
+def test_process_exit_without_a_result_is_a_crash(verifier):
+    """`import os`/`import sys` are rejected statically; operator.attrgetter reaches os anyway, at run time."""
+    source = flash_source().replace("import math\n", "import math\nimport operator\n").replace(
+        "    return o\n", "    operator.attrgetter('os')(torch)._exit(0)\n    return o\n")
+    verdict = rejected(verifier("noop").verify(source), "crash", "run")
+    assert "exited with status 0" in verdict.message and "without reporting a result" in verdict.message
+
+
+def test_system_exit_is_reported_as_a_runtime_error(verifier):
+    """SystemExit is an exception: the child catches it and reports it like any other."""
+    source = flash_source().replace("    return o\n", "    raise SystemExit(0)\n")
+    verdict = rejected(verifier("noop").verify(source), "runtime_error", "run")
+    assert "SystemExit" in verdict.message
+
+
+def test_the_child_sees_no_secrets(verifier, monkeypatch):
+    """A kernel that reads its environment (os reached at run time) finds no keys or tokens to leak."""
+    monkeypatch.setenv("KGEN_TEST_API_KEY", "sk-must-not-leak")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak")
+    source = flash_source().replace("import math\n", "import math\nimport operator\n").replace(
+        "    return o\n", "    names = sorted(operator.attrgetter('os.environ')(torch))\n"
+                         "    raise RuntimeError('environment: ' + ' '.join(names))\n")
+    verdict = rejected(verifier("noop").verify(source), "runtime_error", "run")
+    assert "environment: " in verdict.message and " PATH" in verdict.message
+    assert "API_KEY" not in verdict.message and "sk-must-not-leak" not in verdict.message
+
+
+def test_static_rejection_runs_nothing(verifier):
+    verdict = rejected(verifier("noop").verify(flash_source() + "\nimport numpy\n"), "forbidden_call", "static")
+    assert [s.stage for s in verdict.stages] == ["static"]
+
+
+# --------------------------------------------------------------------------------------------------- suite
+@pytest.mark.parametrize("target, interpreted", [
+    (Shape(4, 16, 16, 4096, 4096, 64), False),
+    (Shape(4, 16, 4, 4096, 4096, 128), True),
+    (SMALL, True),
+    (Shape(1, 1, 1, 1, 1, 8), True),
+])
+def test_suite_covers_what_the_issue_asks(target, interpreted):
+    suite = build_suite(target, interpreted)
+    top = suite[0].shape
+    assert suite[0].purpose == "target" and top.group == target.group and top.head_dim == target.head_dim
+    assert {t.dist for t in suite if t.shape == top} >= {"normal", "large", "adversarial"}
+    assert len({t.seed for t in suite if t.repeat_of is None}) == len([t for t in suite if t.repeat_of is None])
+    assert any(t.scale is not None for t in suite)
+    for t in suite:
+        assert t.shape.seq_len <= top.seq_len and t.shape.kv_seq_len <= top.kv_seq_len
+    lengths = {t.shape.seq_len for t in suite}
+    assert 1 in lengths and (17 in lengths or top.seq_len < 17)
+    if top.seq_len > 4:
+        assert any(t.shape.seq_len < t.shape.kv_seq_len for t in suite)
+        assert any(t.shape.seq_len > t.shape.kv_seq_len for t in suite)
+    if not interpreted:
+        assert top == target and {127, 1000} <= lengths
+    else:
+        assert top.seq_len <= 128 and top.batch <= 8
+    repeat = suite[-1]
+    assert repeat.repeat_of == suite[0].id
+    assert (repeat.shape, repeat.dist, repeat.seed, repeat.scale) == (top, "normal", suite[0].seed, suite[0].scale)
