@@ -125,6 +125,8 @@ def attention(
     = "OPENAI_API_KEY",
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds to wait for one model answer "
                                "(reasoning models think for minutes).")] = 900.0,
+    request_attempts: Annotated[int, typer.Option("--request-attempts", min=1, help="Tries per model request "
+                                "(429, 5xx, timeouts and dropped connections are retried with backoff).")] = 6,
     budget: Annotated[str, typer.Option("--budget", help="Time budget: 90s, 15m, 1h.")] = "10m",
     samples: Annotated[int, typer.Option("--samples", min=1, help="Model lineages in flight at once.")] = 2,
     stall_after: Annotated[int, typer.Option("--stall-after", min=1, help="Attempts without improvement before a "
@@ -151,7 +153,7 @@ def attention(
     from verifier.sandbox import Limits
 
     model_config = ModelConfig(model=model, base_url=base_url, api_key_env=api_key_env,
-                               request_timeout_s=request_timeout) if model else None
+                               request_timeout_s=request_timeout, max_attempts=request_attempts) if model else None
     try:
         session = start_session(problem, spec, model_config, SearchConfig(budget_s=budget_s, max_attempts=max_attempts),
                                 runs_dir=runs_dir, samples=samples, stall_after=stall_after, builtin=builtin,
@@ -299,6 +301,142 @@ def metric_lines(m) -> list[str]:
     if m.mask_density is not None and m.mask_density < 1:
         lines.append(f"mask keeps {m.mask_density:.1%} of the scores")
     return lines
+
+
+# ---- runs and export (issue 7)
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where run directories are.")]
+RunRef = Annotated[str, typer.Argument(help="A run directory, or a unique prefix of a run's name in --runs-dir.",
+                                       show_default=False)]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+
+
+def open_run(ref: str, runs_dir: Path):
+    """The run a user named, read (even half-written); an unknown or ambiguous name is a usage error."""
+    from agent.rundir import find_run, read_run
+
+    try:
+        return read_run(find_run(runs_dir, ref))
+    except LookupError as e:
+        fail_usage(str(e))
+
+
+def print_table(table) -> None:
+    """Folded to the terminal's width; whole lines when piped (scripts, less, tests)."""
+    (out if out.is_terminal else Console(width=240)).print(table)
+
+
+def print_problems(name: str, problems: list[str], console=err) -> None:
+    """What a crash left missing or unreadable: part of the report for list and show, a warning elsewhere."""
+    for problem in problems:
+        console.print(f"[yellow]{name}: {problem}[/]", highlight=False, soft_wrap=True)
+
+
+@runs_app.command("list")
+def runs_list(runs_dir: RunsDir = Path("runs"), as_json: AsJson = False):
+    """One line per run: when, spec, model, budget, attempts, verified, best TFLOP/s, ratio to flex, status."""
+    from dataclasses import asdict
+
+    from agent.runs import runs_table, summarize_all
+
+    if not runs_dir.is_dir():
+        fail_usage(f"no runs directory at {runs_dir}: pass --runs-dir DIR")
+    runs = summarize_all(runs_dir)
+    if as_json:
+        print(json.dumps([asdict(r) for r in runs], indent=2))
+        raise typer.Exit(0)
+    if not runs:
+        out.print(f"no runs in {runs_dir}", highlight=False, soft_wrap=True)
+    else:
+        print_table(runs_table(runs))
+    for r in runs:
+        print_problems(r.name, r.problems, out)
+
+
+@runs_app.command("show")
+def runs_show(run: RunRef, runs_dir: RunsDir = Path("runs"), as_json: AsJson = False):
+    """A run's config and its attempts: lineage, proposer, verdict, reason, TFLOP/s, time; and the best kernel."""
+    from dataclasses import asdict
+
+    from agent.runs import attempts_table, best_line, detail, header_lines
+
+    view = open_run(run, runs_dir)
+    d = detail(view)
+    if as_json:
+        print(json.dumps(asdict(d), indent=2, default=str))
+        raise typer.Exit(0)
+    for line in header_lines(d):
+        out.print(line, highlight=False, soft_wrap=True)
+    print_table(attempts_table(d))
+    out.print(best_line(d), highlight=False, soft_wrap=True)
+    print_problems(view.name, view.problems, out)
+
+
+@runs_app.command("plot")
+def runs_plot(run: RunRef, runs_dir: RunsDir = Path("runs"),
+              output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write. Default: "
+                                "<run name>.png here.", show_default=False)] = None):
+    """A PNG of the search: attempts over time by verdict, the best so far, flex and SDPA for reference."""
+    from agent.plot import plot_run
+    from agent.runs import detail
+
+    view = open_run(run, runs_dir)
+    path = plot_run(detail(view), output or Path(f"{view.name}.png"))
+    out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    print_problems(view.name, view.problems)
+
+
+@runs_app.command("diff")
+def runs_diff(run: RunRef,
+              a: Annotated[str, typer.Argument(help="An attempt number, or 'best'.", show_default=False)],
+              b: Annotated[str, typer.Argument(help="An attempt number, or 'best'.", show_default=False)],
+              runs_dir: RunsDir = Path("runs")):
+    """The unified diff between two attempts' kernels."""
+    from agent.runs import kernel_diff
+
+    view = open_run(run, runs_dir)
+    try:
+        diff = kernel_diff(view, a, b)
+    except LookupError as e:
+        fail_usage(str(e))
+    colours = {"+": "green", "-": "red", "@": "cyan"}
+    for line in diff.splitlines():
+        out.print(line, style=colours.get(line[:1]), markup=False, highlight=False, soft_wrap=True)
+    if not diff:
+        err.print(f"attempts {a} and {b} have the same kernel", highlight=False, soft_wrap=True)
+
+
+@app.command("export")
+def export_kernel(
+    run: Annotated[str, typer.Argument(help="A run directory or a unique prefix of a run's name (its best kernel), "
+                                       "or a kernel file.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The module to write, e.g. my_attention.py.",
+                                         show_default=False)],
+    runs_dir: RunsDir = Path("runs"), score_mod: ScoreMod = None, mask_mod: MaskMod = None,
+):
+    """Write a standalone module (torch and triton only) with the kernel as a torch custom op: attention(q, k, v)."""
+    from agent.export import ExportError, NothingVerified, from_kernel_file, from_run, write_module
+    from verifier.spec import SpecFiles
+
+    if output.suffix != ".py":
+        fail_usage(f"-o {output}: the module must be a .py file")
+    spec_files = None
+    if score_mod or mask_mod:
+        spec_files = SpecFiles(str(score_mod.resolve()) if score_mod else None,
+                               str(mask_mod.resolve()) if mask_mod else None)
+    try:
+        item = from_kernel_file(Path(run), spec_files) if Path(run).is_file() else from_run(open_run(run, runs_dir))
+        exported = write_module(item, output)
+    except NothingVerified as e:
+        err.print(f"[bold red]no:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    except ExportError as e:
+        fail_usage(str(e))
+    out.print(f"wrote {exported.path}: attention for spec `{exported.spec_name}` as {exported.op}",
+              highlight=False, soft_wrap=True)
+    for line in exported.provenance:
+        out.print(f"  {line}", highlight=False, soft_wrap=True)
+    out.print(f"use it: from {exported.path.stem} import attention; o = attention(q, k, v)",
+              highlight=False, soft_wrap=True)
 
 
 def main() -> None:

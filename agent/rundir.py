@@ -101,7 +101,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _messages_markdown(messages: list[dict]) -> str:
-    return "\n\n".join(f"## {m['role']}\n\n{m['content']}" for m in messages) + "\n"
+    return "\n\n".join(f"===== {m['role']} =====\n\n{m['content']}" for m in messages) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -111,16 +111,55 @@ class RunView:
 
     path: Path
     record: dict
-    attempts: list[dict] = field(default_factory=list)  # attempt.json, with "verdict" added when present
+    attempts: list[dict] = field(default_factory=list)  # attempt.json, with "verdict" and "dir" added
     events: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
     def status(self) -> str:
+        if not self.record:
+            return "crashed"  # died before its first record
         status = self.record.get("status", "unknown")
         if status == "running" and not _alive(self.record.get("environment", {}).get("pid")):
             return "crashed"  # nobody is writing it any more
         return status
+
+    @property
+    def started_at(self) -> str:
+        """ISO time the run started; from the folder's name when run.json is gone."""
+        if self.record.get("started_at"):
+            return self.record["started_at"]
+        try:
+            stamp = datetime.strptime(self.name[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
+        except ValueError:
+            return ""
+        return stamp.isoformat(timespec="seconds")
+
+    @property
+    def spec_name(self) -> str:
+        return self.record.get("spec", {}).get("name") or self.name[16:] or "?"
+
+    @property
+    def best_kernel(self) -> Path | None:
+        """best/kernel.py of this directory (run.json's path may name the machine the run was made on)."""
+        path = self.path / BEST / "kernel.py"
+        return path if path.is_file() else None
+
+    @property
+    def best_report(self) -> dict:
+        return _read_json(self.path / BEST / "report.json", {})
+
+    def attempt(self, number: int) -> dict | None:
+        return next((a for a in self.attempts if a.get("number") == number), None)
+
+    def kernel_path(self, number: int) -> Path | None:
+        """The kernel an attempt judged, if it had one (an attempt still in flight may have one too)."""
+        path = self.path / ATTEMPTS / f"{number:04d}" / "kernel.py"
+        return path if path.is_file() else None
 
 
 def read_run(path: Path) -> RunView:
@@ -128,9 +167,13 @@ def read_run(path: Path) -> RunView:
     view = RunView(path=path, record=_read_json(path / RECORD, {}))
     if not view.record:
         view.problems.append("run.json is missing or unreadable: the run died before writing it")
+    if not (path / EVENTS).is_file():
+        view.problems.append("events.jsonl is missing")
     view.events, bad = _read_jsonl(path / EVENTS)
     if bad:
         view.problems.append(f"events.jsonl has {bad} unreadable line(s) (cut off by a crash?)")
+    if not (path / ATTEMPTS).is_dir():
+        view.problems.append("the attempts folder is missing")
     for folder in sorted((path / ATTEMPTS).glob("[0-9]*")):
         meta = _read_json(folder / "attempt.json", None)
         if meta is None:
@@ -139,15 +182,48 @@ def read_run(path: Path) -> RunView:
         verdict_path = folder / "verdict.json"
         meta["verdict"] = _read_json(verdict_path, None) if verdict_path.exists() else None
         meta["dir"] = str(folder)
+        if meta.get("status") in ("accepted", "rejected") and meta["verdict"] is None:
+            view.problems.append(f"attempt {folder.name} was {meta['status']} but its verdict.json is missing")
         view.attempts.append(meta)
+    _check_counts(view)
+    if view.record.get("status") == "running" and view.status == "crashed":
+        pid = view.record.get("environment", {}).get("pid")
+        view.problems.append(f"run.json says running but its process (pid {pid}) is gone: it crashed or was killed")
     return view
+
+
+def _check_counts(view: RunView) -> None:
+    """What run.json promises against what is on disk."""
+    recorded = view.record.get("attempts") or 0
+    if recorded > len(view.attempts):
+        view.problems.append(f"run.json counts {recorded} attempts but {len(view.attempts)} are readable on disk")
+    if view.record.get("best") and view.best_kernel is None:
+        view.problems.append(f"run.json names attempt {view.record['best'].get('attempt')} as the best, "
+                             f"but best/kernel.py is missing")
+
+
+def kernel_in_run(kernel: Path) -> tuple[Path, int | None] | None:
+    """The run directory a kernel file belongs to and its attempt (None for best/kernel.py); None if loose."""
+    kernel = Path(kernel).resolve()
+    folder = kernel.parent
+    if kernel.name != "kernel.py":
+        return None
+    if folder.name == BEST and (folder.parent / RECORD).is_file():
+        return folder.parent, None
+    if folder.parent.name == ATTEMPTS and folder.name.isdigit() and (folder.parent.parent / RECORD).is_file():
+        return folder.parent.parent, int(folder.name)
+    return None
 
 
 def find_run(runs_dir: Path, ref: str) -> Path:
     """A run by path, or by a unique prefix of its name in runs_dir. Raises LookupError."""
     if Path(ref).is_dir():
+        if not _looks_like_run(Path(ref)):
+            raise LookupError(f"{ref} is not a run directory (no run.json, events.jsonl or attempts/ in it)")
         return Path(ref)
-    matches = sorted(p for p in Path(runs_dir).glob(f"{ref}*") if p.is_dir())
+    if _looks_like_run(Path(runs_dir) / ref):
+        return Path(runs_dir) / ref  # a whole name, even when it is also the prefix of a later "-2" run
+    matches = sorted(p for p in Path(runs_dir).glob(f"{ref}*") if _looks_like_run(p))
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -156,8 +232,13 @@ def find_run(runs_dir: Path, ref: str) -> Path:
 
 
 def list_runs(runs_dir: Path) -> list[Path]:
-    return sorted((p for p in Path(runs_dir).glob("*") if p.is_dir() and not p.name.startswith(".")),
+    return sorted((p for p in Path(runs_dir).glob("*") if not p.name.startswith(".") and _looks_like_run(p)),
                   key=lambda p: p.name)
+
+
+def _looks_like_run(path: Path) -> bool:
+    """Even a run that died at once has its attempts folder (RunDir.create makes it)."""
+    return path.is_dir() and any((path / name).exists() for name in (RECORD, EVENTS, ATTEMPTS))
 
 
 def _read_json(path: Path, default):

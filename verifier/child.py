@@ -1,10 +1,11 @@
 """What runs inside the sandbox: import the candidate, call it, report on the verifier's channel.
 
-Modes:
+Two parts, in one process so the kernel is compiled once:
 - check: call the candidate on every trial of the suite under CallWatch; save each output to a file and
   report what was observed (bad output, aliasing, mutated inputs, guard damage, library ops). The
   reference is never computed here: this process holds nothing a candidate could copy.
-- time: (CUDA) profile one call (kernels, streams, copies, memory), then time it; save the timed outputs.
+- time (CUDA, when the verifier says so after judging the checks): profile a call (kernels, streams,
+  copies, memory), then time it; save the timed outputs for re-checking.
 """
 from __future__ import annotations
 
@@ -266,7 +267,26 @@ def run_time(job: dict, channel: Channel, fn, buffers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- main
-MODES = {"check": run_check, "time": run_time}
+class Watch:
+    """What is checked around everything the candidate does: patched functions, threads, audit events."""
+
+    def __init__(self, kernel: str):
+        self.measuring = guards.measuring_functions()
+        self.threads = guards.live_threads()
+        self.audit = guards.AuditTrail(kernel)
+        self.audit.install()
+
+    def report(self) -> dict:
+        return {"tamper": {"changed_functions": guards.changed_functions(self.measuring),
+                           "new_threads": len(guards.live_threads() - self.threads),
+                           "audit": self.audit.events[:20]}}
+
+
+def await_command(job: dict, channel: Channel) -> str:
+    """Pause after the checks: the verifier judges them, then says `time` or `stop`."""
+    channel.send("checked")
+    with os.fdopen(job["command_fd"], "r") as commands:
+        return commands.readline().strip()
 
 
 def main(job_path: str) -> int:
@@ -281,23 +301,19 @@ def main(job_path: str) -> int:
         channel.send("error", data={"code": "internal", "type": type(e).__name__, "message": str(e),
                                     "traceback": traceback.format_exc()})
         os._exit(4)
-    measuring = guards.measuring_functions()
-    threads = guards.live_threads()
-    audit = guards.AuditTrail(job["kernel"])
-    audit.install()
+    watch = Watch(job["kernel"])
     try:
         channel.phase("import", limit="compile")
         fn = import_candidate(job["kernel"])
-        MODES[job["mode"]](job, channel, fn, buffers)
+        run_check(job, channel, fn, buffers)
+        channel.record(watch.report())
+        if job.get("then_time") and await_command(job, channel) == "time":
+            run_time(job, channel, fn, buffers)
+            channel.record(watch.report())
     except CandidateFailure as failure:
         channel.send("error", data=failure.report())
         channel.file.flush()
         os._exit(3)  # a CUDA context may be poisoned: do not run its teardown
-    channel.record({"tamper": {
-        "changed_functions": guards.changed_functions(measuring),
-        "new_threads": len(guards.live_threads() - threads),
-        "audit": audit.events[:20],
-    }})
     channel.send("done")
     channel.file.flush()
     os._exit(0)  # skip interpreter teardown: a candidate's atexit hooks or threads must not run on

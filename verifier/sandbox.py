@@ -57,77 +57,133 @@ def scrubbed_env(extra: dict[str, str]) -> dict[str, str]:
 
 def run_child(job: dict, workdir: Path, limits: Limits, env_extra: dict[str, str] | None = None,
               cancel: threading.Event | None = None, module: str = "verifier.child") -> ChildResult:
-    """Run `python -m <module>` on `job` in `workdir`; never raises for what the child does."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    read_fd, write_fd = os.pipe()
-    job = {**job, "channel_fd": write_fd}
-    job_path = workdir / "job.json"
-    job_path.write_text(json.dumps(job, indent=1))
-    started = time.monotonic()
-    with open(workdir / "child.stdout", "wb") as out, open(workdir / "child.stderr", "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", module, str(job_path)], cwd=workdir, stdout=out,
-                                stderr=err, stdin=subprocess.DEVNULL, env=scrubbed_env(env_extra or {}),
-                                pass_fds=(write_fd,), start_new_session=True)
-    os.close(write_fd)
-    result = _follow(proc, os.fdopen(read_fd, "rb", buffering=0), limits, cancel)
-    result.seconds = time.monotonic() - started
-    result.returncode = proc.returncode
-    result.stdout_tail = _tail(workdir / "child.stdout")
-    result.stderr_tail = _tail(workdir / "child.stderr")
-    return result
+    """Run `python -m <module>` on `job` in `workdir` to the end; never raises for what the child does."""
+    child = Child(job, workdir, limits, env_extra, cancel, module)
+    child.follow()
+    return child.close()
 
 
-def _follow(proc: subprocess.Popen, channel, limits: Limits, cancel) -> ChildResult:
-    result = ChildResult(status="crash", phase="start")
-    deadline = time.monotonic() + limits.compile_s
-    selector = selectors.DefaultSelector()
-    selector.register(channel, selectors.EVENT_READ)
-    buffer, done = b"", False
-    try:
-        while True:
-            if cancel is not None and cancel.is_set():
-                result.status = "cancelled"
+class Child:
+    """A sandboxed child process the verifier can follow up to a message, then command to go on.
+
+    Two pipes, both owned by the verifier: JSON lines from the child (phases, records, errors) and command
+    lines to it. While the child waits for a command no deadline runs: the verifier is the one working.
+    """
+
+    def __init__(self, job: dict, workdir: Path, limits: Limits, env_extra: dict[str, str] | None = None,
+                 cancel: threading.Event | None = None, module: str = "verifier.child"):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self.limits, self.cancel = workdir, limits, cancel
+        read_fd, write_fd = os.pipe()
+        command_read, command_write = os.pipe()
+        job = {**job, "channel_fd": write_fd, "command_fd": command_read}
+        job_path = workdir / "job.json"
+        job_path.write_text(json.dumps(job, indent=1))
+        self.started = time.monotonic()
+        with open(workdir / "child.stdout", "wb") as out, open(workdir / "child.stderr", "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", module, str(job_path)], cwd=workdir, stdout=out,
+                                         stderr=err, stdin=subprocess.DEVNULL, env=scrubbed_env(env_extra or {}),
+                                         pass_fds=(write_fd, command_read), start_new_session=True)
+        os.close(write_fd)
+        os.close(command_read)
+        self.channel = os.fdopen(read_fd, "rb", buffering=0)
+        self.commands = os.fdopen(command_write, "w", buffering=1)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.channel, selectors.EVENT_READ)
+        self.result = ChildResult(status="running", phase="start")
+        self.deadline = time.monotonic() + limits.compile_s
+        self.buffer, self.done = b"", False
+
+    def follow(self, until: str | None = None) -> ChildResult:
+        """Read the child's messages until one of kind `until` arrives, or the child ends."""
+        while self.result.status == "running":
+            if self.cancel is not None and self.cancel.is_set():
+                self.result.status = "cancelled"
+            elif time.monotonic() > self.deadline:
+                self.result.status = "timeout"
+            elif self._read() is False:
+                self._ended()
+            elif self._take(until) and until is not None:
                 break
-            if time.monotonic() > deadline:
-                result.status = "timeout"
-                break
-            ready = selector.select(timeout=0.2)
-            chunk = channel.read(1 << 16) if ready else None
-            if chunk == b"" or (chunk is None and proc.poll() is not None and not selector.select(timeout=0)):
-                break  # the child closed its end or exited
-            if not chunk:
-                continue
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                message = _parse(line)
-                kind = message.get("kind")
-                if kind == "phase":
-                    result.phase = message["phase"]
-                    budget = limits.compile_s if message.get("limit") == "compile" else limits.call_s
-                    deadline = time.monotonic() + budget * message.get("scale", 1.0)
-                elif kind == "record":
-                    result.records.append(message["data"])
-                elif kind == "error":
-                    result.error = message["data"]
-                elif kind == "done":
-                    done = True
-    finally:
-        selector.close()
-        channel.close()
-    if result.status in ("timeout", "cancelled"):
-        _kill_group(proc)
-        return result
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    result.leftover_processes = _kill_group(proc)
-    if done and proc.returncode == 0:
-        result.status = "ok"
-    elif result.error is not None:
-        result.status = "error"
-    return result
+        if self.result.status in ("timeout", "cancelled"):
+            _kill_group(self.proc)
+            self._collect()
+        self.result.seconds = time.monotonic() - self.started
+        return self.result
+
+    def send(self, command: str) -> None:
+        """Tell a waiting child what to do next; its next phase message sets the deadline again."""
+        self.deadline = time.monotonic() + self.limits.call_s
+        try:
+            self.commands.write(command + "\n")
+            self.commands.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it is gone already; follow() will say how
+
+    def close(self) -> ChildResult:
+        """End the child (if it has not ended), collect its output tails, and return the result."""
+        if self.result.status == "running":  # told to stop, or abandoned: it goes now
+            _kill_group(self.proc)
+            self.result.status = "ok" if self.done else "cancelled"
+        for f in (self.channel, self.commands):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.selector.close()
+        self._collect()
+        return self.result
+
+    def _collect(self) -> None:
+        self.result.seconds = time.monotonic() - self.started
+        self.result.returncode = self.proc.returncode
+        self.result.stdout_tail = _tail(self.workdir / "child.stdout")
+        self.result.stderr_tail = _tail(self.workdir / "child.stderr")
+
+    def _read(self) -> bool | None:
+        """Take in what the child wrote; False once it has closed its end or exited."""
+        ready = self.selector.select(timeout=0.2)
+        chunk = self.channel.read(1 << 16) if ready else None
+        if chunk == b"" or (chunk is None and self.proc.poll() is not None and not self.selector.select(timeout=0)):
+            return False
+        if chunk:
+            self.buffer += chunk
+        return None
+
+    def _take(self, until: str | None) -> bool:
+        """Handle every complete line; True if one of them was of kind `until`."""
+        *lines, self.buffer = self.buffer.split(b"\n")
+        found = False
+        for line in lines:
+            message = _parse(line)
+            kind = message.get("kind")
+            if kind == "phase":
+                self.result.phase = message["phase"]
+                budget = self.limits.compile_s if message.get("limit") == "compile" else self.limits.call_s
+                self.deadline = time.monotonic() + budget * message.get("scale", 1.0)
+            elif kind == "record":
+                self.result.records.append(message["data"])
+            elif kind == "error":
+                self.result.error = message["data"]
+            elif kind == "done":
+                self.done = True
+            found |= kind == until
+        return found
+
+    def _ended(self) -> None:
+        self._take(None)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        self.result.leftover_processes = _kill_group(self.proc)
+        self._collect()
+        if self.done and self.proc.returncode == 0:
+            self.result.status = "ok"
+        elif self.result.error is not None:
+            self.result.status = "error"
+        else:
+            self.result.status = "crash"
 
 
 def _parse(line: bytes) -> dict:

@@ -16,7 +16,7 @@ from verifier import numerics, probes
 from verifier.baseline import Baseline, measure_baseline
 from verifier.problem import DTYPES, Problem
 from verifier.reference import mask_density
-from verifier.sandbox import ChildResult, Limits, describe_signal, run_child
+from verifier.sandbox import Child, ChildResult, Limits, describe_signal
 from verifier.spec import Spec, load_spec, validate_on_shape
 from verifier.static import SourceFacts, check_source
 from verifier.suite import Trial, build_suite
@@ -106,33 +106,49 @@ class Verifier:
             return stages, metrics
         kernel = workdir / "kernel.py"
         kernel.write_text(source)
-        child = self._run("check", kernel, facts, workdir / "check", trials=[t.to_dict() for t in self.suite])
-        stages.append(run_stage(child, len(self.suite)))
-        if not stages[-1].ok:
-            return stages, metrics
-        stages.append(probes.integrity(child.records, child.leftover_processes, self._scores_bytes()))
-        if not stages[-1].ok:
-            return stages, metrics
-        outputs = {r["trial"]: r["output"] for r in child.records if "output" in r}
-        device = self.problem.device
-        stages.append(numerics.judge(self.suite, outputs, self.spec, DTYPES[self.run_dtype],
-                                     device))
-        metrics.max_error = stages[-1].details.get("max_error")
-        metrics.error_budget_used = stages[-1].details.get("error_budget_used")
-        if stages[-1].ok and not self.interpreted and self.options.time:
-            stages += self._timing(kernel, facts, workdir / "time", metrics)
-        return stages, metrics
-
-    def _run(self, mode: str, kernel: Path, facts: SourceFacts, workdir: Path, **job) -> ChildResult:
-        workdir.mkdir(parents=True, exist_ok=True)
-        job = {"mode": mode, "kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec),
-               "device": self.problem.device, "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()),
-               "jit_functions": facts.jit_functions, **job}
-        env = {"TRITON_INTERPRET": "1"} if self.interpreted else {}
-        result = run_child(job, workdir, self.options.limits, env, self.options.cancel)
+        timed = not self.interpreted and self.options.time
+        child = self._start(kernel, facts, workdir / "check", timed)
+        try:
+            stages += self._check(child, timed)
+            if timed and all(s.ok for s in stages):
+                stages += self._timing(child, metrics)
+            else:
+                child.send("stop")
+        finally:
+            result = child.close()
         if result.status == "cancelled":
             raise Cancelled()
-        return result
+        if all(s.ok for s in stages) and result.leftover_processes:
+            stages.append(StageResult.failed("integrity", "tampering", "processes started by the candidate were "
+                                             "still running after it exited"))
+        numbers = next((s for s in stages if s.stage == "numerics"), None)
+        if numbers is not None:
+            metrics.max_error = numbers.details.get("max_error")
+            metrics.error_budget_used = numbers.details.get("error_budget_used")
+        return stages, metrics
+
+    def _start(self, kernel: Path, facts: SourceFacts, workdir: Path, timed: bool) -> Child:
+        job = {"kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec), "device": self.problem.device,
+               "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()), "jit_functions": facts.jit_functions,
+               "trials": [t.to_dict() for t in self.suite], "then_time": timed,
+               "shape": asdict(self.problem.shape), "seeds": list(TIMING_SEEDS)}
+        env = {"TRITON_INTERPRET": "1"} if self.interpreted else {}
+        return Child(job, workdir, self.options.limits, env, self.options.cancel)
+
+    def _check(self, child: Child, timed: bool) -> list[StageResult]:
+        """run → integrity → numerics, judged while the child waits (on a GPU) to be timed."""
+        result = _timed(lambda: child.follow(until="checked" if timed else None))
+        stages = [run_stage(result, len(self.suite))]
+        if not stages[-1].ok:
+            return stages
+        stages.append(_timed(lambda: probes.integrity(result.records, result.leftover_processes,
+                                                      self._scores_bytes())))
+        if not stages[-1].ok:
+            return stages
+        outputs = {r["trial"]: r["output"] for r in result.records if "output" in r}
+        stages.append(_timed(lambda: numerics.judge(self.suite, outputs, self.spec, DTYPES[self.run_dtype],
+                                                    self.problem.device)))
+        return stages
 
     def _scores_bytes(self) -> float:
         """An allocation this large can only be (a big share of) the Sq x Skv score matrix."""
@@ -141,24 +157,28 @@ class Verifier:
         return max(s.batch * s.heads * s.seq_len * s.kv_seq_len * 2 / 4, 8 * out_bytes)
 
     # ------------------------------------------------------------------------------------------- timing
-    def _timing(self, kernel: Path, facts: SourceFacts, workdir: Path, metrics: Metrics) -> list[StageResult]:
+    def _timing(self, child: Child, metrics: Metrics) -> list[StageResult]:
         baseline = self.baseline()
-        with self.timing_lock:
-            child = self._run("time", kernel, facts, workdir, shape=asdict(self.problem.shape),
-                              seeds=list(TIMING_SEEDS))
-        stage = run_stage(child, 1)
+        records_before = len(child.result.records)
+        with self.timing_lock:  # GPU timing never overlaps other timing
+            child.send("time")
+            result = _timed(lambda: child.follow())
+        stage = run_stage(result, 1)
         if not stage.ok:
             stage.stage = "timing"
             return [stage]
-        record = next(r for r in child.records if "timing" in r)
+        record = next(r for r in result.records[records_before:] if "timing" in r)
         s = self.problem.shape
         out_bytes = s.batch * s.heads * s.seq_len * s.head_dim * 2
         gpu = probes.gpu_integrity(record["first_call"], record["steady_call"], record["extra_bytes"],
                                    self._scores_bytes(), out_bytes, self.options.require_single_kernel)
+        tamper = probes.integrity(result.records[records_before:], False, 0)
         _fill_metrics(metrics, record, s.dense_flops() * self.density, baseline)
-        if not gpu.ok:
-            return [gpu]
-        recheck = self._recheck_timed(record["outputs"])
+        for check in (gpu, tamper):
+            if not check.ok:
+                check.stage = "gpu integrity"
+                return [check]
+        recheck = _timed(lambda: self._recheck_timed(record["outputs"]))
         if not recheck.ok:
             return [gpu, recheck]
         return [gpu, recheck, timing_stage(record, metrics, baseline)]
@@ -175,12 +195,21 @@ class Verifier:
         return result
 
 
+def _timed(step):
+    """Run a stage step and note how long it took on the result (a StageResult or a ChildResult)."""
+    started = time.monotonic()
+    result = step()
+    if isinstance(result, StageResult):
+        result.seconds = time.monotonic() - started
+    return result
+
+
 def run_stage(child: ChildResult, trials: int) -> StageResult:
     """Did the candidate's process load and run to the end?"""
     tail = (child.stderr_tail.strip().splitlines() or [""])[-12:]
     details = {"phase": child.phase, "seconds": round(child.seconds, 2), "returncode": child.returncode,
                "stdout_tail": child.stdout_tail[-1500:], "stderr_tail": "\n".join(tail)}
-    if child.status == "ok":
+    if child.status in ("ok", "running"):  # running: paused after the checks, waiting to be timed
         return StageResult("run", True, None, f"ran {trials} trial(s) in {child.seconds:.1f}s", details,
                            child.seconds)
     if child.status == "timeout":
