@@ -90,11 +90,11 @@ def measure(spec_path: Path, shape: Shape, dtype: torch.dtype, flex_modes: list[
             for i in range(3)]
     buffers = {n: t.cuda() for n, t in spec.buffers.items()}
     check = _checker(spec, shape, sets[0], buffers)
+    kind = sdpa_kind(spec, shape)  # on the CPU copies of the buffers, so before they are swapped for GPU ones
     with reference.buffers_on(spec, buffers):
         _kgen(row, spec, shape, sets, buffers, check, workdir, configs)
         for mode in flex_modes:
             _guarded(row, f"flex {mode}", lambda: row.flex_ms.__setitem__(mode, _flex_ms(spec, shape, sets, mode)))
-        kind = sdpa_kind(spec, shape)
         if kind:
             _guarded(row, "sdpa", lambda: setattr(row, "sdpa_ms", _sdpa_ms(sets, kind)))
     row.seconds = time.monotonic() - started

@@ -59,11 +59,25 @@ class CandidateFailure(Exception):
 
 
 def trimmed_traceback(exc: BaseException, kernel_path: str, limit: int = 2500) -> str:
-    """The candidate's own frames and the exception: what a model needs, without torch's internals."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    own = [f for f in frames if f.filename == kernel_path] or frames[-1:]
-    lines = [f'  File "kernel.py", line {f.lineno}, in {f.name}\n    {(f.line or "").strip()}' for f in own]
-    text = "\n".join(lines + [f"{type(exc).__name__}: {exc}"])
+    """The candidate's own frames and the exception: what a model needs, without torch's internals.
+
+    Triton's interpreter and launcher wrap the real error (`raise ... from e`): its frames inside the kernel
+    and its message are the useful part, so the whole cause chain is searched."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 6:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    frames = [f for e in reversed(chain) for f in traceback.extract_tb(e.__traceback__) if f.filename == kernel_path]
+    frames = frames or traceback.extract_tb(exc.__traceback__)[-1:]
+    root = chain[-1]
+    lines = [f'  File "kernel.py", line {f.lineno}, in {f.name}\n    {(f.line or "").strip()}' for f in frames[-8:]]
+    lines.append(f"{type(exc).__name__}: {exc}")
+    if root is not exc:
+        where = traceback.extract_tb(root.__traceback__)[-1:]
+        detail = f" (raised at {Path(where[0].filename).name}:{where[0].lineno}: `{(where[0].line or '').strip()}`)" \
+            if where else ""
+        lines.append(f"caused by {type(root).__name__}: {root}{detail}")
+    text = "\n".join(lines)
     return text if len(text) <= limit else text[: limit // 2] + "\n...\n" + text[-limit // 2:]
 
 

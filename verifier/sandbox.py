@@ -122,9 +122,9 @@ class Child:
 
     def close(self) -> ChildResult:
         """End the child (if it has not ended), collect its output tails, and return the result."""
-        if self.result.status == "running":  # told to stop, or abandoned: it goes now
+        if self.result.status == "running":  # abandoned mid-way (the verifier raised): it goes now
             _kill_group(self.proc)
-            self.result.status = "ok" if self.done else "cancelled"
+            self.result.status = "cancelled"
         for f in (self.channel, self.commands):
             try:
                 f.close()

@@ -112,11 +112,12 @@ class Verifier:
             stages += self._check(child, timed)
             if timed and all(s.ok for s in stages):
                 stages += self._timing(child, metrics)
-            else:
-                child.send("stop")
+            elif child.result.status == "running":
+                child.send("stop")  # judged already: let it finish (its last tamper report included)
+                child.follow()
         finally:
             result = child.close()
-        if result.status == "cancelled":
+        if result.status == "cancelled" and self.options.cancel is not None and self.options.cancel.is_set():
             raise Cancelled()
         if all(s.ok for s in stages) and result.leftover_processes:
             stages.append(StageResult.failed("integrity", "tampering", "processes started by the candidate were "

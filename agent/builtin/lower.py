@@ -13,7 +13,7 @@ Semantics follow torch: Python-style // and %, the result dtype of every op as t
 """
 from __future__ import annotations
 
-import re
+import traceback
 import types
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,6 +31,43 @@ INDEX_ARGS = ("b", "h", "q_idx", "kv_idx")
 
 class LoweringError(Exception):
     """An op the built-in proposer cannot express in Triton; the message names the op and the spec line."""
+
+
+SUPPORTED = ("Supported: arithmetic, comparisons, where, exp/exp2/log/tanh/sin/cos/tan/abs/pow, // and %, casts, "
+             "reads of captured buffers indexed by b, h, q_idx, kv_idx.")
+
+
+class _Unsupported(Exception):
+    def __init__(self, op: str, target, why: str = ""):
+        super().__init__(op)
+        self.op, self.target, self.why = op, target, why
+
+
+class _FoundOp(Exception):
+    pass
+
+
+def _line_of_op(fn: Callable, params: list[str], target, spec: Spec) -> str:
+    """' at file:line (`code`)' where the spec calls `target`: replay the function on real tensors and stop there."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class StopAt(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func == target:
+                raise _FoundOp()
+            return func(*args, **(kwargs or {}))
+
+    examples = [torch.zeros(1, dtype=torch.float32 if p == "s" else torch.int32) for p in params]
+    try:
+        with StopAt():
+            fn(*examples)
+    except _FoundOp as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename in spec.files.paths]
+        if frames:
+            return f" at {frames[-1].filename}:{frames[-1].lineno} (`{(frames[-1].line or '').strip()}`)"
+    except Exception:  # noqa: BLE001 - only a better message was at stake
+        pass
+    return ""
 
 
 @dataclass
@@ -128,8 +165,6 @@ def _trace(fn: Callable, params: list[str], buffers: dict[str, int], spec: Spec)
 
 
 def _spec_line_of_exception(e: BaseException, fn: Callable) -> str:
-    import traceback
-
     frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == fn.__code__.co_filename]
     return f" at {frames[-1].filename}:{frames[-1].lineno} (`{(frames[-1].line or '').strip()}`)" if frames else ""
 
@@ -137,7 +172,11 @@ def _spec_line_of_exception(e: BaseException, fn: Callable) -> str:
 def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], spec: Spec) -> LoweredFunction:
     gm = _trace(fn, params, buffers, spec)
     emitter = _Emitter(gm, params, list(buffers), spec)
-    body = emitter.emit()
+    try:
+        body = emitter.emit()
+    except _Unsupported as e:
+        raise LoweringError(f"the built-in proposer cannot lower {e.op}{_line_of_op(fn, params, e.target, spec)} "
+                            f"to Triton{': ' + e.why if e.why else ''}. {SUPPORTED}") from None
     signature = ", ".join(params + ["q_ok", "kv_ok"]) + "".join(buffer_signature(n, r) for n, r in buffers.items())
     source = f"@triton.jit\ndef {name}({signature}):\n" + "".join(f"    {line}\n" for line in body)
     return LoweredFunction(name=name, source=source, depends=emitter.result_depends, ops=emitter.ops)
@@ -189,19 +228,8 @@ class _Emitter:
             found |= self.deps.get(a, set())
         return found
 
-    def _where(self, node: torch.fx.Node) -> str:
-        trace = node.meta.get("stack_trace") or ""
-        matches = re.findall(r'File "([^"]+)", line (\d+), in \w+\n\s*(.*)', trace)
-        spec_files = set(self.spec.files.paths)
-        for path, line, code in reversed(matches):
-            if path in spec_files:
-                return f" at {path}:{line} (`{code.strip()}`)"
-        return ""
-
-    def _unsupported(self, node: torch.fx.Node, why: str = "") -> LoweringError:
-        return LoweringError(f"the built-in proposer cannot lower {node.target}{self._where(node)} to Triton"
-                             f"{': ' + why if why else ''}. Supported: arithmetic, comparisons, where, exp/exp2/"
-                             f"log/tanh/sin/cos/tan/abs/pow, // and %, casts, reads of captured buffers.")
+    def _unsupported(self, node: torch.fx.Node, why: str = "") -> "_Unsupported":
+        return _Unsupported(str(node.target), node.target, why)
 
     def _assign(self, node: torch.fx.Node, expr: str) -> None:
         name = f"t{len(self.names)}"
@@ -253,6 +281,9 @@ class _Emitter:
         if op == "remainder":
             if self._is_float(node):
                 return self._assign(node, f"({a[0]}) - ({a[1]}) * tl.floor(({a[0]}) / ({a[1]}))")
+            shift = _power_of_two(node.args[1])
+            if shift is not None:  # two's complement: a & (2^k - 1) is Python's a % 2^k, negatives included
+                return self._assign(node, f"({a[0]}) & {(1 << shift) - 1}")
             return self._assign(node, f"_py_mod({a[0]}, {a[1]})")
         if op == "where":
             return self._assign(node, f"tl.where({a[0]}, {a[1]}, {a[2]})")
@@ -278,7 +309,12 @@ class _Emitter:
         return isinstance(x, float)
 
     def _floordiv(self, node, x, y) -> str:
-        return f"tl.floor(({x}) / ({y}))" if self._is_float(node) else f"_py_floordiv({x}, {y})"
+        if self._is_float(node):
+            return f"tl.floor(({x}) / ({y}))"
+        shift = _power_of_two(node.args[1])
+        if shift is not None:  # an arithmetic shift floors, as Python's // does
+            return f"({x}) >> {shift}"
+        return f"_py_floordiv({x}, {y})"
 
     def _clamp(self, op: str, a: list, node) -> str:
         lo = a[1] if op in ("clamp", "clamp_min") else None
@@ -318,6 +354,13 @@ class _Emitter:
         expr = f"tl.load({buf} + {offset}" + (f", mask={mask}, other=0)" if mask else ")")
         self._assign(node, expr)
         self.deps[node] = deps
+
+
+def _power_of_two(divisor) -> int | None:
+    """k when the divisor is the constant 2**k (k >= 0), else None."""
+    if isinstance(divisor, int) and not isinstance(divisor, bool) and divisor > 0 and divisor & (divisor - 1) == 0:
+        return divisor.bit_length() - 1
+    return None
 
 
 PASSTHROUGH = {"alias", "clone", "view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "detach",

@@ -1,0 +1,183 @@
+"""The built-in proposer: specs lowered to Triton, rendered into the template, judged by the real verifier
+(Triton's interpreter on the CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.builtin.lower import LoweringError, lower_spec
+from agent.builtin.template import KernelConfig, render_kernel
+from agent.proposers import TemplateProposer, search_space
+from conftest import SMALL
+from verifier.problem import Problem
+from verifier.spec import SpecFiles, load_spec
+
+SHARED = ["alibi", "causal", "dilated_causal", "key_padding", "noop", "rel_pos", "sliding_window", "softcap"]
+CONFIG = KernelConfig(32, 32, 4, 2)
+
+
+def builtin_kernel(spec_path: str, cfg: KernelConfig = CONFIG) -> str:
+    spec = load_spec(SpecFiles(str(spec_path)))
+    return render_kernel(spec.name, lower_spec(spec), cfg)
+
+
+def write_spec(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text("import torch\n" + textwrap.dedent(body))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_every_shared_spec_gets_a_kernel_the_verifier_accepts(specs, verifier, name):
+    verdict = verifier(name).verify(builtin_kernel(specs / f"{name}.py"))
+    assert verdict.accepted, verdict.message
+
+
+def test_the_tensor_descriptor_variant_is_accepted_too(specs, verifier):
+    source = builtin_kernel(specs / "key_padding.py", KernelConfig(32, 32, 4, 2, tma=True))
+    assert "TensorDescriptor" in source
+    assert verifier("key_padding").verify(source).accepted
+
+
+RICH_SPEC = """
+    # buffers of several ranks and dtypes, integer ops with Python semantics on negative numbers, nested where
+    bias = (torch.arange(2 * 127, dtype=torch.float16).reshape(2, 127) / 50.0).contiguous()  # [head, distance]
+    keep_key = torch.arange(64) % 7 != 3                                                     # bool [kv]
+    head_shift = torch.tensor([1, -2], dtype=torch.int64)                                     # int64 [head]
+    temperature = torch.tensor([1.0, 0.5], dtype=torch.float64)                               # float64 [head]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        d = q_idx - kv_idx
+        s = score * temperature[h] + bias[h, d + 63] + ((d + head_shift[h]) // 3 % 4).to(torch.float32) * 0.25
+        return torch.where(d > 40, torch.where(d % 2 == 0, s - 1.0, s + 0.5), s)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return keep_key[kv_idx] & (kv_idx // 8 <= q_idx // 8 + 2)
+"""
+
+
+def test_buffers_of_several_ranks_and_dtypes_integer_ops_and_nested_where(tmp_path, verifier):
+    path = write_spec(tmp_path, "rich", RICH_SPEC)
+    lowered = lower_spec(load_spec(SpecFiles(path)))
+    assert lowered.buffers == {"bias": 2, "head_shift": 1, "keep_key": 1, "temperature": 1}
+    assert "_py_floordiv" in lowered.score.source or ">>" in lowered.score.source
+    verdict = verifier(path).verify(render_kernel("rich", lowered, CONFIG))
+    assert verdict.accepted, verdict.message
+
+
+def test_python_semantics_of_floor_division_and_modulo(tmp_path, verifier):
+    # (q - kv) is negative above the diagonal: Triton's // and % truncate, Python's floor
+    path = write_spec(tmp_path, "floors", """
+        def score_mod(score, b, h, q_idx, kv_idx):
+            d = q_idx - kv_idx
+            return score + (d // 3).to(torch.float32) * 0.1 + (d % 5).to(torch.float32) * 0.2 - (d // 4) % 3
+    """)
+    verdict = verifier(path).verify(builtin_kernel(path))
+    assert verdict.accepted, verdict.message
+
+
+def test_an_unsupported_op_names_the_op_and_the_line(tmp_path):
+    path = write_spec(tmp_path, "cumsum", """
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.cumsum(score, dim=0)
+    """)
+    with pytest.raises(LoweringError) as e:
+        lower_spec(load_spec(SpecFiles(path)))
+    line = Path(path).read_text().splitlines().index("    return torch.cumsum(score, dim=0)") + 1
+    assert "cumsum" in str(e.value) and f"{path}:{line}" in str(e.value)
+
+
+def test_control_flow_on_indices_is_refused_with_advice(tmp_path):
+    path = write_spec(tmp_path, "branchy", """
+        def mask_mod(b, h, q_idx, kv_idx):
+            if q_idx > kv_idx:
+                return q_idx >= 0
+            return q_idx < 0
+    """)
+    with pytest.raises(LoweringError) as e:
+        lower_spec(load_spec(SpecFiles(path)))
+    assert "torch.where" in str(e.value)
+
+
+def test_offline_without_a_lowerable_spec_is_a_usage_error(tmp_path):
+    path = write_spec(tmp_path, "cumsum", """
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.cumsum(score, dim=0)
+    """)
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "cli", "attention", "--score-mod", path, "--device", "cpu",
+                             "--runs-dir", str(tmp_path / "runs")], cwd=root, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "cumsum" in result.stderr and "--model" in result.stderr and "Traceback" not in result.stderr
+
+
+def run_interpreted(source: str, script: str, tmp_path: Path) -> dict:
+    """Import a kernel file under Triton's interpreter in a fresh process and run `script` against it."""
+    (tmp_path / "kernel_under_test.py").write_text(source)
+    code = "import json, torch\nimport kernel_under_test as module\n" + textwrap.dedent(script)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_block_skipping_empties_whole_blocks(tmp_path, verifier):
+    """A document mask (blocks of 32 tokens) keeps only the diagonal blocks: the map lists no others."""
+    path = write_spec(tmp_path, "documents", """
+        def mask_mod(b, h, q_idx, kv_idx):
+            return q_idx // 32 == kv_idx // 32
+    """)
+    source = builtin_kernel(path)
+    assert verifier(path).verify(source).accepted
+    found = run_interpreted(source, """
+        q = torch.randn(1, 1, 128, 16, dtype=torch.float16)
+        counts, lists, nkb = module._get_block_map(q, q, {})
+        print(json.dumps({"nkb": nkb, "partial": counts[0, 0, 0].tolist(), "full": counts[1, 0, 0].tolist(),
+                          "full_lists": lists[1, 0, 0, :, 0].tolist()}))
+    """, tmp_path)
+    assert found["nkb"] == 4 and found["partial"] == [0, 0, 0, 0] and found["full"] == [1, 1, 1, 1]
+    assert found["full_lists"] == [0, 1, 2, 3]  # each query block loads only its own key block
+
+
+def test_block_skipping_rows_with_every_key_masked_give_zeros(tmp_path, verifier):
+    path = write_spec(tmp_path, "late", """
+        def mask_mod(b, h, q_idx, kv_idx):
+            return q_idx >= kv_idx + 40
+    """)
+    source = builtin_kernel(path)
+    assert verifier(path).verify(source).accepted
+    found = run_interpreted(source, """
+        q, k, v = (torch.randn(1, 1, 96, 16, dtype=torch.float16) for _ in range(3))
+        out = module.attention(q, k, v)
+        counts, _, _ = module._get_block_map(q, k, {})
+        print(json.dumps({"zeros": bool((out[0, 0, :40] == 0).all()), "rest_nonzero": bool((out[0, 0, 40:] != 0).any()),
+                          "blocks_for_first_query_block": counts[0, 0, 0, 0].item() + counts[1, 0, 0, 0].item()}))
+    """, tmp_path)
+    assert found["zeros"] and found["rest_nonzero"]  # no key at all for the first 40 rows
+    assert found["blocks_for_first_query_block"] == 0  # query block 0 loads no key block
+
+
+def test_power_of_two_divisors_lower_to_shifts_and_masks(tmp_path):
+    path = write_spec(tmp_path, "dilated", """
+        def mask_mod(b, h, q_idx, kv_idx):
+            return ((q_idx - kv_idx) % 2 == 0) & ((q_idx // 64) >= (kv_idx // 64))
+    """)
+    source = lower_spec(load_spec(SpecFiles(path))).mask.source
+    assert "& 1" in source and ">> 6" in source and "_py_mod" not in source and "_py_floordiv" not in source
+
+
+def test_the_search_is_one_config_on_cpu_and_several_on_a_gpu(specs):
+    problem = Problem(SpecFiles(str(specs / "causal.py")), SMALL, "fp16", "cpu")
+    proposer = TemplateProposer(load_spec(problem.spec), problem)
+    assert len(proposer.queue) == 1
+    gpu = search_space(128, interpreted=False, hopper=True)
+    assert len(gpu) > 6 and any(c.tma and c.warp_specialize for c in gpu) and any(not c.tma for c in gpu)
+    assert all(not c.tma for c in search_space(100, interpreted=False, hopper=True))  # 200-byte rows: no TMA
