@@ -176,6 +176,7 @@ def feedback_prompt(attempt: Attempt, history: list[dict], context: SearchContex
     stage = verdict.failed_stage
     return prompts.render("feedback", accepted=attempt.status == ACCEPTED, summary=describe_speed(verdict),
                           best_summary=best_summary, metrics=verdict.metrics, history=history,
+                          hopper=context.problem.device == "cuda" and is_hopper(),
                           stage=stage.stage if stage else None, reason=verdict.reason,
                           reason_meaning=REASONS.get(verdict.reason or "", ""), message=_trim(verdict.message))
 

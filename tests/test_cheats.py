@@ -16,6 +16,7 @@ from verifier.child import bad_output_reason
 from verifier.problem import Shape
 from verifier.profile import summarize
 from verifier.static import check_source
+from verifier.suite import RotatingInputs, Trial, make_inputs
 from verifier.verdict import REASONS, Metrics
 from verifier.verify import timing_stage
 
@@ -190,3 +191,23 @@ def test_every_reason_code_is_covered_here_or_in_the_other_test_files():
     elsewhere = {"syntax_error", "missing_entry_point", "no_triton_kernel", "compile_error", "runtime_error",
                  "crash", "timeout", "wrong_output", "nan_output", "truncated_work"}  # test_static.py, test_verify.py
     assert here | elsewhere == set(REASONS)
+
+
+def test_timed_inputs_keep_their_memory_and_change_their_values():
+    """What makes identity- or pointer-keyed replay visible while timing: same tensors, new values."""
+    shape = Shape(1, 2, 2, 16, 16, 16)
+    inputs = RotatingInputs(shape, torch.float16, "cpu", [5, 6])
+    q = inputs.live[0][0]
+    pointer, before = q.data_ptr(), q.clone()
+    inputs.refresh(0)
+    assert inputs.live[0][0] is q and q.data_ptr() == pointer and not torch.equal(q, before)
+    assert inputs.seeds() == [5 + RotatingInputs.ALTERNATE, 6]  # the second set was not touched
+    expected = make_inputs(Trial(id="x", purpose="x", shape=shape, seed=inputs.seeds()[0]), torch.float16, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(inputs.live[0], expected))  # the parent can rebuild them
+    inputs.refresh(0)
+    assert inputs.seeds() == [5, 6] and torch.equal(q, before)
+
+
+def test_a_timed_call_that_hands_back_a_held_output_is_aliasing():
+    result = probes.gpu_integrity(profile(), profile(), 0, 1 << 26, 1 << 20, False, reused_outputs=3)
+    assert (result.ok, result.reason, result.stage) == (False, "output_aliases_input", "gpu integrity")

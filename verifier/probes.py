@@ -45,9 +45,12 @@ def _tamper_findings(tamper: dict) -> list[tuple[str, str]]:
 
 
 def gpu_integrity(first: dict, steady: dict, extra_bytes: int, scores_bytes: float, out_bytes: int,
-                  require_single_kernel: bool) -> StageResult:
+                  require_single_kernel: bool, reused_outputs: int = 0) -> StageResult:
     """Judge the profiled calls of the timing run."""
     findings: list[tuple[str, str]] = []
+    if reused_outputs:
+        findings.append(("output_aliases_input", f"{reused_outputs} timed call(s) returned the memory of an earlier "
+                                                 f"output the caller still held: return a fresh output every call"))
     for label, prof in (("first call", first), ("steady call", steady)):
         if prof.get("error"):
             findings.append(("tampering", f"{label}: {prof['error']}"))

@@ -116,3 +116,31 @@ def _plant_far_keys(q, k, v, randn, s: Shape) -> None:
         gap = 20.0 + 5.0 * rank  # logit advantage over ordinary keys, in natural-log units
         k[:, :, j] = u[:, :, 0] * (gap * math.sqrt(s.head_dim) / 2.0)
         v[:, :, j] = 4.0 * randn(s.batch, s.kv_heads, s.head_dim)
+
+
+class RotatingInputs:
+    """Timing inputs whose memory stays put while their values change between calls.
+
+    Each set alternates between two seeds' values, written in before a timed call: a kernel that caches on
+    its inputs' pointers or identity then returns outputs of the previous values, which the re-check of the
+    timed outputs catches. `seeds()` says which values each set holds now. Values are generated afresh
+    rather than stored, so the inputs take no more memory than the sets themselves."""
+
+    ALTERNATE = 7919  # seed offset of each set's second version
+
+    def __init__(self, shape: Shape, dtype: torch.dtype, device: str, seeds: list[int]):
+        self.shape, self.dtype, self.device, self.base = shape, dtype, device, list(seeds)
+        self.current = [0] * len(seeds)
+        self.live = [self._values(i) for i in range(len(seeds))]
+
+    def _values(self, i: int):
+        seed = self.base[i] + self.ALTERNATE * self.current[i]
+        return make_inputs(Trial(id=f"s{i}", purpose="timing", shape=self.shape, seed=seed), self.dtype, self.device)
+
+    def refresh(self, i: int) -> None:
+        self.current[i] ^= 1
+        for dst, src in zip(self.live[i], self._values(i)):
+            dst.copy_(src)
+
+    def seeds(self) -> list[int]:
+        return [seed + self.ALTERNATE * version for seed, version in zip(self.base, self.current)]

@@ -31,24 +31,29 @@ class Timing:
 
 
 def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, max_calls: int = 300,
-               min_calls: int = 10) -> Timing:
-    """Time `call(i)` (i picks an input set) on the current stream."""
+               min_calls: int = 10, prepare: Callable[[int], object] | None = None) -> Timing:
+    """Time `call(i)` (i picks an input set) on the current stream.
+
+    `prepare(i)`, if given, runs before each timed call outside the timed region (the verifier gives the
+    inputs new values there, so that nothing keyed on the inputs' identity can be replayed)."""
     flush_buf = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
     stream = torch.cuda.current_stream()
 
-    def flush():
-        flush_buf.zero_()
+    def before(i: int):
+        if prepare is not None:
+            prepare(i)
+        flush_buf.zero_()  # after the new values are written, so none of them waits in L2
 
     for i in range(3):  # warm-up: compilation, autotuning, caches of the wrapper
         call(i % sets)
     torch.cuda.synchronize()
-    estimate = _one_call_ms(call, flush)
+    estimate = _one_call_ms(call, lambda: flush_buf.zero_())
     calls = int(min(max_calls, max(min_calls, target_s * 1000.0 / max(estimate, 1e-3))))
 
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
     for i in range(calls):
-        flush()
+        before(i % sets)
         starts[i].record(stream)
         call(i % sets)
         ends[i].record(stream)
@@ -56,11 +61,12 @@ def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, 
     samples = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
 
     wall_calls = max(3, min(calls, 50))
-    wall = _wall_ms(lambda i: (flush(), call(i % sets)), wall_calls) - _wall_ms(lambda i: flush(), wall_calls)
-    median = statistics.median(samples)
+    idle = _wall_ms(lambda i: before(i % sets), wall_calls)
+    busy = _wall_ms(lambda i: (before(i % sets), call(i % sets)), wall_calls)  # last, so the last outputs
+    median = statistics.median(samples)                                       # follow the last values
     p10, p90 = samples[len(samples) // 10], samples[(len(samples) * 9) // 10]
     return Timing(ms=median, ms_min=samples[0], spread=(p90 - p10) / median if median else 0.0, calls=calls,
-                  wall_ms=max(wall, 0.0), samples=samples)
+                  wall_ms=max(busy - idle, 0.0), samples=samples)
 
 
 def _one_call_ms(call, flush) -> float:

@@ -172,21 +172,23 @@ class Verifier:
         s = self.problem.shape
         out_bytes = s.batch * s.heads * s.seq_len * s.head_dim * 2
         gpu = probes.gpu_integrity(record["first_call"], record["steady_call"], record["extra_bytes"],
-                                   self._scores_bytes(), out_bytes, self.options.require_single_kernel)
+                                   self._scores_bytes(), out_bytes, self.options.require_single_kernel,
+                                   record.get("reused_outputs", 0))
         tamper = probes.integrity(result.records[records_before:], False, 0)
         _fill_metrics(metrics, record, s.dense_flops() * self.density, baseline)
         for check in (gpu, tamper):
             if not check.ok:
                 check.stage = "gpu integrity"
                 return [check]
-        recheck = _timed(lambda: self._recheck_timed(record["outputs"]))
+        recheck = _timed(lambda: self._recheck_timed(record["outputs"], record["timed_seeds"]))
         if not recheck.ok:
             return [gpu, recheck]
         return [gpu, recheck, timing_stage(record, metrics, baseline)]
 
-    def _recheck_timed(self, paths: list[str]) -> StageResult:
+    def _recheck_timed(self, paths: list[str], seeds: list[int]) -> StageResult:
+        """The outputs of the last timed calls, against the values their inputs held then."""
         trials = [Trial(id=f"timed_{i}", purpose="timed call", shape=self.problem.shape, seed=seed)
-                  for i, seed in enumerate(TIMING_SEEDS)]
+                  for i, seed in enumerate(seeds)]
         result = numerics.judge(trials, {t.id: p for t, p in zip(trials, paths)}, self.spec,
                                 DTYPES[self.run_dtype], self.problem.device)
         result.stage = "timed outputs"

@@ -1,4 +1,4 @@
-# Cheat (must be rejected with implausible_speed; CUDA): returns its old output, launching nothing, for reused inputs.
+# Cheat (must be rejected with output_aliases_input; CUDA): returns its old output object, launching nothing, for reused inputs.
 import math
 
 import torch

@@ -1,0 +1,85 @@
+"""The prompt templates, rendered with the data the proposers give them."""
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+import prompts
+from agent.llm import Answer
+from agent.proposers import SearchContext, feedback_prompt, first_prompt
+from agent.records import ACCEPTED, NO_KERNEL, REJECTED, Attempt, Candidate
+from conftest import SMALL
+from verifier.problem import Problem
+from verifier.spec import SpecFiles, load_spec
+from verifier.verdict import Metrics, StageResult, Verdict
+
+
+@pytest.fixture
+def context(specs):
+    problem = Problem(SpecFiles(str(specs / "key_padding.py")), SMALL, "bf16", "cpu")
+    return SearchContext(problem=problem, spec=load_spec(problem.spec), gpu=None, density=0.47, best=None)
+
+
+def attempt(number: int, status: str, verdict: Verdict | None = None, format_error: str | None = None) -> Attempt:
+    candidate = Candidate("model", 1, "lineage 1 round 1", source="def attention(q, k, v, *, scale=None): ...",
+                          answer=Answer("```python\n...\n```", "", "stop", "m"), format_error=format_error)
+    return Attempt(number, candidate, status, 0.0, 1.0, verdict=verdict)
+
+
+def accepted_verdict() -> Verdict:
+    metrics = Metrics(ms=1.25, tflops=412.0, flops=5.15e11, ratio_to_flex=1.08, flex_tflops=381.0, peak_tflops=790.0,
+                      fraction_of_peak=0.52, sdpa_ms=1.0, launches_per_call=2, launch_names=["_attn", "_zero"],
+                      mask_density=0.47)
+    return Verdict(True, None, "accepted", [StageResult.passed("timing")], metrics)
+
+
+def test_system_prompt_states_the_contract_and_the_rules():
+    text = prompts.render("system")
+    assert "attention(q, k, v, *, scale=None, **buffers)" in text and "1/sqrt(D)" in text
+    assert "exp2" in text and "-inf" in text and "current_stream" in text
+
+
+def test_first_prompt_carries_spec_shape_buffers_and_seed(context):
+    text = first_prompt(context)
+    assert "kv_lengths < " not in text and "def mask_mod" in text  # the spec's own source
+    assert "`kv_lengths`: shape [8], dtype int32" in text
+    assert "B=2, H=2, Hkv=2, Sq=64, Skv=64, D=32; dtype bf16" in text and "47.0%" in text
+    assert "The kernel to beat" not in text
+    seeded = first_prompt(SearchContext(**{**context.__dict__, "best": attempt(3, ACCEPTED, accepted_verdict())}))
+    assert "The kernel to beat" in seeded and "412.0 TFLOP/s" in seeded and "lineage 1 round 1" in seeded
+
+
+def test_feedback_on_a_rejection_carries_the_report_and_advice(context):
+    verdict = Verdict(False, "wrong_output", "2 of 14 trials fail. First: t04 ragged 17: max error 0.8",
+                      [StageResult.failed("numerics", "wrong_output", "2 of 14 trials fail")])
+    text = feedback_prompt(attempt(2, REJECTED, verdict), [{"number": 1, "outcome": "no usable kernel"}], context)
+    assert "REJECTED" in text and "`numerics`" in text and "`wrong_output`" in text and "max error 0.8" in text
+    assert "bounds masks" in " ".join(text.split())  # the advice for wrong numbers
+    assert "#1: no usable kernel" in text
+
+
+def test_feedback_on_an_accepted_kernel_talks_speed(context):
+    best = attempt(1, ACCEPTED, accepted_verdict())
+    text = feedback_prompt(attempt(2, ACCEPTED, accepted_verdict()), [],
+                           SearchContext(**{**context.__dict__, "best": best}))
+    assert "ACCEPTED" in text and "412.0 TFLOP/s" in text and "1.08x flex" in text
+    assert "52% of this GPU's measured dense matmul peak" in text and "SDPA (cuDNN/flash) 515 TFLOP/s" in text
+    assert "launches 2 kernels per call (_attn, _zero)" in text and "47.0% of the scores" in text
+    assert "attempt 1" in text  # the best so far is another attempt
+    assert "Hopper" not in text  # a CPU problem gets no Hopper section
+
+
+def test_the_hopper_section_renders():
+    text = prompts.render("feedback", accepted=True, summary="s", best_summary=None, metrics=Metrics(), history=[],
+                          hopper=True, stage=None, reason=None, reason_meaning="", message="")
+    assert "TensorDescriptor" in text and "warp_specialize=True" in text
+
+
+def test_a_format_error_is_passed_on_verbatim(context):
+    text = feedback_prompt(attempt(4, NO_KERNEL, format_error="Your answer was cut off."), [], context)
+    assert text.strip() == "Your answer was cut off."
+
+
+def test_a_missing_variable_fails_loudly():
+    with pytest.raises(jinja2.UndefinedError):
+        prompts.render("first", spec_source="x")
