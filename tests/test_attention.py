@@ -213,7 +213,11 @@ def test_builtin_seeds_the_model(server, tmp_path):
 
 
 def test_offline_default_runs_the_builtin_alone(tmp_path):
-    result = kgen([], None, tmp_path)
+    """As the README's first command does: no key, no GPU, a relative runs directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
+    result = subprocess.run([sys.executable, "-m", "cli", "attention", "--score-mod", str(SPECS / "rel_pos.py"),
+                             *SMALL, "--runs-dir", "runs"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=240)
     assert result.returncode == 0, result.stderr
     assert "best kernel" in result.stdout and "--model" in result.stdout
     record = json.loads((the_run(tmp_path) / "run.json").read_text())

@@ -72,6 +72,7 @@ class Child:
 
     def __init__(self, job: dict, workdir: Path, limits: Limits, env_extra: dict[str, str] | None = None,
                  cancel: threading.Event | None = None, module: str = "verifier.child"):
+        workdir = Path(workdir).resolve()  # the child runs inside it: every path it is given must be absolute
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.limits, self.cancel = workdir, limits, cancel
         read_fd, write_fd = os.pipe()
