@@ -428,7 +428,7 @@ def export_kernel(
         exported = write_module(item, output)
     except NothingVerified as e:
         err.print(f"[bold red]no:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except ExportError as e:
         fail_usage(str(e))
     out.print(f"wrote {exported.path}: attention for spec `{exported.spec_name}` as {exported.op}",

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from agent.builtin.lower import LoweringError, lower_spec
 from agent.builtin.template import KernelConfig, render_kernel

@@ -6,7 +6,6 @@ reported as a SpecError whose message is one paragraph saying what is wrong and 
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 import traceback
@@ -91,6 +90,11 @@ def load_spec(files: SpecFiles) -> Spec:
         spec.score_mod = _find(modules[path], "score_mod", path, required=False)
         spec.mask_mod = _find(modules[path], "mask_mod", path, required=False)
         _check_named_functions(modules[path], path)
+        flag, found = ("score_mod", spec.score_mod) if files.score_path else ("mask_mod", spec.mask_mod)
+        if found is None and (spec.score_mod or spec.mask_mod):
+            other = "mask_mod" if flag == "score_mod" else "score_mod"
+            spec.notes.append(f"{Path(path).name} was passed as --{flag.replace('_', '-')} but defines only {other}, "
+                              f"which is used as the {other}")
     for fn in (spec.score_mod, spec.mask_mod):
         if fn is not None:
             _collect_buffers(fn, spec.buffers)
