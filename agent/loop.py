@@ -21,6 +21,7 @@ from agent.rundir import RunDir, utc_now
 from verifier.verify import Cancelled, Verifier
 
 MAX_PROPOSER_FAILURES = 3  # consecutive model failures (after the client's own retries) end a lineage
+WIND_DOWN_S = 15.0  # at the end, how long to wait for a killed verification to be written down
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Search:
         finally:
             self.stop.set()
             self.cancel.set()  # a verification in flight is killed; model requests in flight are abandoned
+            if self.verify_lock.acquire(timeout=WIND_DOWN_S):  # the killed candidate is recorded under the lock
+                self.verify_lock.release()
             if self.fatal is not None:
                 status, self.record.stop_reason = "failed", str(self.fatal)
             self._finish(status)

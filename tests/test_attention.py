@@ -229,3 +229,37 @@ def test_dropped_connection_is_retried(server, tmp_path):
     result = kgen(["--no-builtin", "--max-attempts", "1", "--samples", "1"], server, tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(server.chat_requests) == 2
+
+
+def test_a_stalled_lineage_restarts_from_the_best_kernel(server, tmp_path):
+    """Two rejections in a row (--stall-after 2): the next prompt is a fresh conversation seeded with the best."""
+    server.script(reply(GOOD), reply(WRONG), reply(WRONG), reply(GOOD))
+    result = kgen(["--no-builtin", "--samples", "1", "--max-attempts", "4", "--stall-after", "2"], server, tmp_path)
+    assert result.returncode == 0, result.stderr
+    sizes = [len(r["messages"]) for r in server.chat_requests]
+    assert sizes == [2, 4, 4, 2]  # first prompt; feedback; feedback; restart (system + seeded first prompt)
+    restart = server.chat_requests[3]["messages"][1]["content"]
+    assert "The kernel to beat" in restart and "lineage 1 round 1" in restart
+
+
+def test_lineages_ask_the_model_at_the_same_time(server, tmp_path):
+    server.script(slow(2.0, then=reply(GOOD)), slow(2.0, then=reply(GOOD)))
+    result = kgen(["--no-builtin", "--samples", "2", "--max-attempts", "2"], server, tmp_path)
+    assert result.returncode == 0, result.stderr
+    first, second = attempts(the_run(tmp_path))
+    assert {first["candidate"]["lineage"], second["candidate"]["lineage"]} == {1, 2}
+    assert max(first["started_s"], second["started_s"]) < 1.5  # both asked before either answer came back
+
+
+def test_budget_ending_mid_verification_kills_the_kernel_and_keeps_it(server, tmp_path):
+    hang = flash_source("rel_pos", bm=16, bn=16).replace(
+        "    m_i = tl.full", "    n = 0\n    while n >= 0:\n        n += 1\n    m_i = tl.full")
+    server.script(reply(fenced(hang)), *[slow(60.0, then=reply(GOOD))] * 3)
+    started = time.monotonic()
+    result = kgen(["--no-builtin", "--samples", "1", "--budget", "8s", "--timeout", "120"], server, tmp_path)
+    assert time.monotonic() - started < 8 + 20
+    assert result.returncode == 1
+    run = the_run(tmp_path)
+    (only,) = attempts(run)
+    assert only["status"] == "cancelled" and "budget ended while it was being judged" in only["error"]
+    assert "while n >= 0" in (run / "attempts" / "0001" / "kernel.py").read_text()  # nothing lost
