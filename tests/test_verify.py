@@ -3,6 +3,7 @@ kernels that crash, hang, raise, or are wrong in the ways the suite is built to 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +260,51 @@ def test_suite_covers_what_the_issue_asks(target, interpreted):
     repeat = suite[-1]
     assert repeat.repeat_of == suite[0].id
     assert (repeat.shape, repeat.dist, repeat.seed, repeat.scale) == (top, "normal", suite[0].seed, suite[0].scale)
+
+
+def test_a_hung_kernel_dies_with_the_verifier(tmp_path, specs):
+    """The verifier killed outright (SIGKILL, no cleanup) must not leave the candidate's process spinning."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    kernel = tmp_path / "hang.py"
+    kernel.write_text(flash_source().replace("    m_i = tl.full", "    n = 0\n    while n >= 0:\n        n += 1\n"
+                                             "    m_i = tl.full", 1))
+    root = Path(__file__).resolve().parents[1]
+    verifier_proc = subprocess.Popen([sys.executable, "-m", "cli", "verify", str(kernel), "--score-mod",
+                                      str(specs / "noop.py"), "--device", "cpu", "--batch", "1", "--heads", "1",
+                                      "--seq-len", "32", "--head-dim", "16", "--compile-timeout", "600"],
+                                     cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def candidate_pids() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+                if entry.name.isdigit() and b"verifier.child" in cmd and int((entry / "stat").read_text().split()[3]) \
+                        == verifier_proc.pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    deadline = time.monotonic() + 60
+    while not candidate_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = candidate_pids()
+    assert children, "the verifier never started its child"
+    time.sleep(3)  # let it reach the hanging loop
+    os.kill(verifier_proc.pid, signal.SIGKILL)
+    verifier_proc.wait()
+    def running(pid: int) -> bool:  # exists and is not a zombie waiting to be reaped
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(running(pid) for pid in children):
+        time.sleep(0.2)
+    assert not any(running(pid) for pid in children)

@@ -9,10 +9,12 @@ Two parts, in one process so the kernel is compiled once:
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -308,7 +310,19 @@ def await_command(job: dict, channel: Channel) -> str:
         return commands.readline().strip()
 
 
+def die_with_parent() -> None:
+    """If the verifier dies (even by SIGKILL), this process goes too, instead of running a hung kernel forever."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(5)
+
+
 def main(job_path: str) -> int:
+    die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     job = json.loads(Path(job_path).read_text())
     channel = Channel(job["channel_fd"])

@@ -6,6 +6,7 @@ lines. Its stdout and stderr go to files, since a kernel may print anything ther
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -55,6 +56,15 @@ def scrubbed_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+_LIVE: set["Child"] = set()  # children not yet closed: killed if the verifier itself exits first
+
+
+@atexit.register
+def _kill_live_children() -> None:
+    for child in list(_LIVE):
+        _kill_group(child.proc)
+
+
 def run_child(job: dict, workdir: Path, limits: Limits, env_extra: dict[str, str] | None = None,
               cancel: threading.Event | None = None, module: str = "verifier.child") -> ChildResult:
     """Run `python -m <module>` on `job` in `workdir` to the end; never raises for what the child does."""
@@ -85,6 +95,7 @@ class Child:
             self.proc = subprocess.Popen([sys.executable, "-m", module, str(job_path)], cwd=workdir, stdout=out,
                                          stderr=err, stdin=subprocess.DEVNULL, env=scrubbed_env(env_extra or {}),
                                          pass_fds=(write_fd, command_read), start_new_session=True)
+        _LIVE.add(self)
         os.close(write_fd)
         os.close(command_read)
         self.channel = os.fdopen(read_fd, "rb", buffering=0)
@@ -133,6 +144,7 @@ class Child:
                 pass
         self.selector.close()
         self._collect()
+        _LIVE.discard(self)
         return self.result
 
     def _collect(self) -> None:
