@@ -222,3 +222,20 @@ def test_buffers_read_through_a_helper_are_discovered(tmp_path):
         """)
     spec = load(path)
     assert list(spec.buffers) == ["starts"]
+
+
+def test_a_broken_interpreter_pairing_is_a_clear_usage_error(monkeypatch):
+    import numpy
+    import triton
+
+    from verifier.problem import interpreter_incompatibility
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    message = interpreter_incompatibility()
+    assert message and "numpy<2.4" in message and "triton>=3.7" in message
+    monkeypatch.setattr(triton, "__version__", "3.7.1")
+    assert interpreter_incompatibility() is None
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.2.6")
+    assert interpreter_incompatibility() is None

@@ -79,6 +79,10 @@ class Problem:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ProblemError("--device cuda was asked for, but torch sees no CUDA GPU here. "
                                "Use --device cpu to verify with Triton's interpreter (no timing).")
+        if self.device == "cpu":
+            broken = interpreter_incompatibility()
+            if broken:
+                raise ProblemError(broken)
         self.shape.validate()
         return self
 
@@ -92,6 +96,22 @@ class Problem:
     def from_dict(cls, data: dict) -> "Problem":
         return cls(spec=SpecFiles(**data["spec"]), shape=Shape(**data["shape"]),
                    dtype=data["dtype"], device=data["device"])
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = (version.split("+")[0].split(".") + ["0"])[:2]
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)
+
+
+def interpreter_incompatibility() -> str | None:
+    """Triton before 3.7 runs its interpreter into numpy 2.4's refusal to int() a one-element array."""
+    import numpy
+    import triton
+
+    if _major_minor(triton.__version__) < (3, 7) and _major_minor(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter, which CPU verification uses, fails with numpy "
+                f"{numpy.__version__}: install numpy<2.4 (pip install 'numpy<2.4') or triton>=3.7, or verify on a GPU.")
+    return None
 
 
 def default_device() -> str:
