@@ -8,7 +8,6 @@ earlier trial's inputs must reproduce that trial's output.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -152,7 +151,3 @@ def _matches_earlier(trial: Trial, loaded: dict, trials: list[Trial], tol: float
             if float((loaded[earlier.id].double() - out).abs().max()) <= tol:
                 return earlier.id
     return None
-
-
-def load_output(path: str | Path) -> torch.Tensor:
-    return torch.load(path, map_location="cpu")

@@ -35,7 +35,6 @@ class SourceFacts:
     """What the verifier learns from the source and later uses (kernel names for profiling)."""
 
     jit_functions: list[str] = field(default_factory=list)
-    autotuned: bool = False
 
 
 def check_source(source: str, filename: str = "kernel.py") -> tuple[StageResult, SourceFacts]:
@@ -55,7 +54,7 @@ def check_source(source: str, filename: str = "kernel.py") -> tuple[StageResult,
     problem = _signature_problem(entry)
     if problem:
         return StageResult.failed("static", "missing_entry_point", problem), facts
-    facts.jit_functions, facts.autotuned = _jit_functions(tree)
+    facts.jit_functions = _jit_functions(tree)
     if not facts.jit_functions:
         return StageResult.failed("static", "no_triton_kernel",
                                   "No @triton.jit function found: the attention must be computed by a Triton "
@@ -85,15 +84,14 @@ def _decorator_name(d: ast.expr) -> str:
     return _dotted(target) or ""
 
 
-def _jit_functions(tree: ast.Module) -> tuple[list[str], bool]:
-    names, autotuned = [], False
+def _jit_functions(tree: ast.Module) -> list[str]:
+    names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef):
             decos = [_decorator_name(d) for d in node.decorator_list]
             if any(d.split(".")[-1] == "jit" and d.split(".")[0] in ("triton", "jit") for d in decos):
                 names.append(node.name)
-                autotuned |= any(d.endswith("autotune") for d in decos)
-    return names, autotuned
+    return names
 
 
 def _dotted(node: ast.expr) -> str | None:
