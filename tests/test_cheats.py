@@ -193,19 +193,44 @@ def test_every_reason_code_is_covered_here_or_in_the_other_test_files():
     assert here | elsewhere == set(REASONS)
 
 
-def test_timed_inputs_keep_their_memory_and_change_their_values():
-    """What makes identity- or pointer-keyed replay visible while timing: same tensors, new values."""
+def test_timed_inputs_keep_their_memory_and_get_values_they_never_held():
+    """What makes identity- or pointer-keyed replay visible while timing: same tensors, new values each call."""
     shape = Shape(1, 2, 2, 16, 16, 16)
     inputs = RotatingInputs(shape, torch.float16, "cpu", [5, 6])
     q = inputs.live[0][0]
-    pointer, before = q.data_ptr(), q.clone()
-    inputs.refresh(0)
-    assert inputs.live[0][0] is q and q.data_ptr() == pointer and not torch.equal(q, before)
-    assert inputs.seeds() == [5 + RotatingInputs.ALTERNATE, 6]  # the second set was not touched
-    expected = make_inputs(Trial(id="x", purpose="x", shape=shape, seed=inputs.seeds()[0]), torch.float16, "cpu")
+    pointer, seen = q.data_ptr(), [q.clone()]
+    for _ in range(3):
+        inputs.refresh(0)
+        assert inputs.live[0][0] is q and q.data_ptr() == pointer
+        assert not any(torch.equal(q, earlier) for earlier in seen)  # never back to values a cache could hold
+        seen.append(q.clone())
+    assert inputs.versions() == [3, 0]  # the second set was not touched
+    seed = RotatingInputs.seed_of(5, 3)
+    expected = make_inputs(Trial(id="x", purpose="x", shape=shape, seed=seed), torch.float16, "cpu")
     assert all(torch.equal(a, b) for a, b in zip(inputs.live[0], expected))  # the parent can rebuild them
-    inputs.refresh(0)
-    assert inputs.seeds() == [5, 6] and torch.equal(q, before)
+
+
+def test_a_timed_output_of_values_the_inputs_held_earlier_is_cached_output(verifier, tmp_path):
+    """The timed re-check names replay when an output matches what its (same) tensors held at an earlier call."""
+    from verifier import reference
+    from verifier.verify import TIMING_SEEDS
+
+    checker = verifier("noop")
+    shape, dtype = checker.problem.shape, torch.float16
+
+    def saved(i: int, version: int) -> str:
+        trial = Trial(id="t", purpose="t", shape=shape, seed=RotatingInputs.seed_of(TIMING_SEEDS[i], version))
+        q, k, v = make_inputs(trial, dtype, "cpu")
+        path = tmp_path / f"out_{i}_{version}.pt"
+        torch.save(reference.exact(q, k, v, checker.spec, None, shape).to(dtype), path)
+        return str(path)
+
+    versions = [4, 3, 3]
+    honest = checker._recheck_timed([saved(i, n) for i, n in enumerate(versions)], versions)
+    assert honest.ok, honest.message
+    replayed = checker._recheck_timed([saved(0, 4), saved(1, 0), saved(2, 3)], versions)  # set 1: first values
+    assert (replayed.ok, replayed.reason, replayed.stage) == (False, "cached_output", "timed outputs")
+    assert "input set 1" in replayed.message and "version 0 of 3" in replayed.message
 
 
 def test_a_timed_call_that_hands_back_a_held_output_is_aliasing():

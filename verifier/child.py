@@ -284,7 +284,7 @@ def run_time(job: dict, channel: Channel, fn, buffers) -> None:
         paths.append(str(path))
     channel.record({"timing": result.to_dict(), "first_call": first, "steady_call": steady,
                     "extra_bytes": max(0, extra), "outputs": paths, "gpu": torch.cuda.get_device_name(),
-                    "reused_outputs": len(reused), "timed_seeds": inputs.seeds()})
+                    "reused_outputs": len(reused), "timed_versions": inputs.versions()})
 
 
 # ------------------------------------------------------------------------------------------------------- main

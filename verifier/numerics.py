@@ -55,6 +55,13 @@ def check_trial(trial: Trial, out: torch.Tensor, spec: Spec, dtype: torch.dtype,
     return compare(trial, out.to(device), exact, plain)
 
 
+def matching_trial(trials: list[Trial], output_path: str, spec: Spec, dtype: torch.dtype,
+                   device: str) -> Trial | None:
+    """The first of `trials` whose reference the saved output matches within tolerance, if any."""
+    out = torch.load(output_path, map_location="cpu")
+    return next((t for t in trials if check_trial(t, out, spec, dtype, device).ok), None)
+
+
 def compare(trial: Trial, out: torch.Tensor, exact: torch.Tensor, plain: torch.Tensor) -> TrialCheck:
     dtype_error = float((plain.double() - exact).abs().max())
     tol = tolerance(dtype_error, float(exact.abs().max()), out.dtype)

@@ -121,26 +121,31 @@ def _plant_far_keys(q, k, v, randn, s: Shape) -> None:
 class RotatingInputs:
     """Timing inputs whose memory stays put while their values change between calls.
 
-    Each set alternates between two seeds' values, written in before a timed call: a kernel that caches on
-    its inputs' pointers or identity then returns outputs of the previous values, which the re-check of the
-    timed outputs catches. `seeds()` says which values each set holds now. Values are generated afresh
-    rather than stored, so the inputs take no more memory than the sets themselves."""
+    Before each timed call the set it uses gets values it has never held before (version 1, 2, ...; version
+    0 is what the first calls saw): a kernel that caches on its inputs' pointers or identity then returns
+    outputs of older values, which the re-check of the timed outputs catches. `versions()` says which values
+    each set holds now, with `seed_of(base_seed, version)`. Values are generated afresh rather than
+    stored, so the inputs take no more memory than the sets themselves."""
 
-    ALTERNATE = 7919  # seed offset of each set's second version
+    VERSION_STRIDE = 7919  # seed offset between one version of a set and the next
 
     def __init__(self, shape: Shape, dtype: torch.dtype, device: str, seeds: list[int]):
         self.shape, self.dtype, self.device, self.base = shape, dtype, device, list(seeds)
-        self.current = [0] * len(seeds)
+        self.version = [0] * len(seeds)
         self.live = [self._values(i) for i in range(len(seeds))]
 
+    @classmethod
+    def seed_of(cls, base_seed: int, version: int) -> int:
+        return base_seed + cls.VERSION_STRIDE * version
+
     def _values(self, i: int):
-        seed = self.base[i] + self.ALTERNATE * self.current[i]
+        seed = self.seed_of(self.base[i], self.version[i])
         return make_inputs(Trial(id=f"s{i}", purpose="timing", shape=self.shape, seed=seed), self.dtype, self.device)
 
     def refresh(self, i: int) -> None:
-        self.current[i] ^= 1
+        self.version[i] += 1
         for dst, src in zip(self.live[i], self._values(i)):
             dst.copy_(src)
 
-    def seeds(self) -> list[int]:
-        return [seed + self.ALTERNATE * version for seed, version in zip(self.base, self.current)]
+    def versions(self) -> list[int]:
+        return list(self.version)

@@ -19,7 +19,7 @@ from verifier.reference import mask_density
 from verifier.sandbox import Child, ChildResult, Limits, describe_signal
 from verifier.spec import Spec, load_spec, validate_on_shape
 from verifier.static import SourceFacts, check_source
-from verifier.suite import Trial, build_suite
+from verifier.suite import RotatingInputs, Trial, build_suite
 from verifier.verdict import Metrics, StageResult, Verdict, conclude
 
 TIMING_SEEDS = (9001, 9002, 9003)
@@ -180,21 +180,36 @@ class Verifier:
             if not check.ok:
                 check.stage = "gpu integrity"
                 return [check]
-        recheck = _timed(lambda: self._recheck_timed(record["outputs"], record["timed_seeds"]))
+        recheck = _timed(lambda: self._recheck_timed(record["outputs"], record["timed_versions"]))
         if not recheck.ok:
             return [gpu, recheck]
         return [gpu, recheck, timing_stage(record, metrics, baseline)]
 
-    def _recheck_timed(self, paths: list[str], seeds: list[int]) -> StageResult:
+    def _recheck_timed(self, paths: list[str], versions: list[int]) -> StageResult:
         """The outputs of the last timed calls, against the values their inputs held then."""
-        trials = [Trial(id=f"timed_{i}", purpose="timed call", shape=self.problem.shape, seed=seed)
-                  for i, seed in enumerate(seeds)]
-        result = numerics.judge(trials, {t.id: p for t, p in zip(trials, paths)}, self.spec,
-                                DTYPES[self.run_dtype], self.problem.device)
+        def trial(i: int, version: int) -> Trial:
+            seed = RotatingInputs.seed_of(TIMING_SEEDS[i], version)
+            return Trial(id=f"timed_{i}", purpose="timed call", shape=self.problem.shape, seed=seed)
+
+        trials = [trial(i, version) for i, version in enumerate(versions)]
+        dtype = DTYPES[self.run_dtype]
+        result = numerics.judge(trials, {t.id: p for t, p in zip(trials, paths)}, self.spec, dtype,
+                                self.problem.device)
         result.stage = "timed outputs"
-        if not result.ok and result.reason != "cached_output":
-            result.message = "Outputs produced while being timed are wrong, although the same kernel passed " \
-                             "the checks: " + result.message
+        if result.ok or result.reason == "cached_output":
+            return result
+        for i, version in enumerate(versions):  # evidence of replay: the output of values held earlier
+            earlier = [trial(i, v) for v in sorted({0, version - 1}) if 0 <= v < version]
+            stale = numerics.matching_trial(earlier, paths[i], self.spec, dtype, self.problem.device)
+            if stale is not None:
+                held = (stale.seed - TIMING_SEEDS[i]) // RotatingInputs.VERSION_STRIDE
+                return StageResult.failed("timed outputs", "cached_output", (
+                    f"While being timed, the output for input set {i} equals the result for the values those "
+                    f"same tensors held at an earlier call (version {held} of {version}): the kernel replays "
+                    "results keyed on its inputs' identity or pointers. Compute from the input values on every "
+                    "call."), **result.details)
+        result.message = "Outputs produced while being timed are wrong, although the same kernel passed " \
+                         "the checks: " + result.message
         return result
 
 
