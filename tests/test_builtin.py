@@ -138,12 +138,33 @@ def test_block_skipping_empties_whole_blocks(tmp_path, verifier):
     assert verifier(path).verify(source).accepted
     found = run_interpreted(source, """
         q = torch.randn(1, 1, 128, 16, dtype=torch.float16)
-        counts, lists, nkb = module._get_block_map(q, q, {})
-        print(json.dumps({"nkb": nkb, "partial": counts[0, 0, 0].tolist(), "full": counts[1, 0, 0].tolist(),
-                          "full_lists": lists[1, 0, 0, :, 0].tolist()}))
+        summary, lists, nkb, full_runs, part_runs = module._get_block_map(q, q, {})
+        print(json.dumps({"nkb": nkb, "summary": summary[0, 0].tolist(), "full_lists": lists[1, 0, 0, :, 0].tolist(),
+                          "runs": [full_runs, part_runs]}))
     """, tmp_path)
-    assert found["nkb"] == 4 and found["partial"] == [0, 0, 0, 0] and found["full"] == [1, 1, 1, 1]
+    # per query block: one whole block, a run starting at its own block; nothing cut
+    assert found["nkb"] == 4 and found["summary"] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 2, 0, 0], [1, 3, 0, 0]]
     assert found["full_lists"] == [0, 1, 2, 3]  # each query block loads only its own key block
+    assert found["runs"] == [True, True]  # so the kernel computes block addresses instead of reading the lists
+
+
+def test_block_skipping_with_kept_blocks_that_are_not_one_run(tmp_path, verifier):
+    """Every other key block whole, one key of each other block: no runs, so the kernel reads the block lists."""
+    path = write_spec(tmp_path, "stripes", """
+        def mask_mod(b, h, q_idx, kv_idx):
+            return ((kv_idx // 32) % 2 == 0) | (kv_idx % 64 == 33)
+    """)
+    source = builtin_kernel(path)
+    assert verifier(path).verify(source).accepted
+    found = run_interpreted(source, """
+        q = torch.randn(1, 1, 64, 16, dtype=torch.float16)
+        k = torch.randn(1, 1, 160, 16, dtype=torch.float16)
+        summary, lists, nkb, full_runs, part_runs = module._get_block_map(q, k, {})
+        print(json.dumps({"nkb": nkb, "summary": summary[0, 0, 0].tolist(), "full": lists[1, 0, 0, 0, :3].tolist(),
+                          "runs": [full_runs, part_runs]}))
+    """, tmp_path)
+    assert found["nkb"] == 5 and found["summary"] == [3, -1, 2, -1] and found["full"] == [0, 2, 4]
+    assert found["runs"] == [False, False]
 
 
 def test_block_skipping_rows_with_every_key_masked_give_zeros(tmp_path, verifier):
@@ -156,9 +177,9 @@ def test_block_skipping_rows_with_every_key_masked_give_zeros(tmp_path, verifier
     found = run_interpreted(source, """
         q, k, v = (torch.randn(1, 1, 96, 16, dtype=torch.float16) for _ in range(3))
         out = module.attention(q, k, v)
-        counts, _, _ = module._get_block_map(q, k, {})
+        summary = module._get_block_map(q, k, {})[0]
         print(json.dumps({"zeros": bool((out[0, 0, :40] == 0).all()), "rest_nonzero": bool((out[0, 0, 40:] != 0).any()),
-                          "blocks_for_first_query_block": counts[0, 0, 0, 0].item() + counts[1, 0, 0, 0].item()}))
+                          "blocks_for_first_query_block": summary[0, 0, 0, 0].item() + summary[0, 0, 0, 2].item()}))
     """, tmp_path)
     assert found["zeros"] and found["rest_nonzero"]  # no key at all for the first 40 rows
     assert found["blocks_for_first_query_block"] == 0  # query block 0 loads no key block
@@ -178,5 +199,7 @@ def test_the_search_is_one_config_on_cpu_and_several_on_a_gpu(specs):
     proposer = TemplateProposer(load_spec(problem.spec), problem)
     assert len(proposer.queue) == 1
     gpu = search_space(128, interpreted=False, hopper=True)
-    assert len(gpu) > 6 and any(c.tma and c.warp_specialize for c in gpu) and any(not c.tma for c in gpu)
+    assert len(gpu) >= 6 and gpu[0].tma and any(not c.tma for c in gpu)  # D=128 on Hopper: descriptors first
+    assert not any(c.tma for c in search_space(128, interpreted=False, hopper=False))
+    assert not search_space(64, interpreted=False, hopper=True)[0].tma  # D=64: plain loads won there
     assert all(not c.tma for c in search_space(100, interpreted=False, hopper=True))  # 200-byte rows: no TMA

@@ -72,7 +72,7 @@ def test_feedback_on_an_accepted_kernel_talks_speed(context):
 def test_the_hopper_section_renders():
     text = prompts.render("feedback", accepted=True, summary="s", best_summary=None, metrics=Metrics(), history=[],
                           hopper=True, stage=None, reason=None, reason_meaning="", message="")
-    assert "TensorDescriptor" in text and "warp_specialize=True" in text
+    assert "TensorDescriptor" in text and "warp_specialize=True" in text and "heaviest query blocks first" in text
 
 
 def test_a_format_error_is_passed_on_verbatim(context):
