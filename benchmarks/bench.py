@@ -8,13 +8,16 @@ causal. TFLOP/s count unmasked work only. Results stream to a JSON file row by r
 
     python benchmarks/bench.py                                  # every spec in examples/specs, 3 shapes
     python benchmarks/bench.py --specs causal,rel_pos --shapes 2x16x8192x128 --flex default
+    python benchmarks/bench.py --report a.json b.json            # one table from saved results (no GPU)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -51,6 +54,7 @@ class Row:
     flex_ms: dict = field(default_factory=dict)  # mode -> ms
     sdpa_ms: float | None = None
     seconds: float = 0.0
+    phase_seconds: dict = field(default_factory=dict)  # kgen search, each flex mode, sdpa
     errors: list = field(default_factory=list)
 
 
@@ -63,13 +67,33 @@ def sweep_grid(head_dim: int) -> list[KernelConfig]:
                 grid.append(KernelConfig(bm, bn, warps, stages))
                 if is_hopper() and head_dim % 8 == 0:
                     grid.append(KernelConfig(bm, bn, warps, stages, tma=True))
-                    grid.append(KernelConfig(bm, bn, warps, stages, tma=True, warp_specialize=True))
     return grid
 
 
 def parse_shape(text: str) -> Shape:
     b, h, n, d = (int(x) for x in text.split("x"))
     return Shape(b, h, h, n, n, d)
+
+
+def shape_of_label(label: str) -> Shape:
+    """The benchmark's shapes back from their labels ("B2 H16 N8192 D128"), for reports of saved results."""
+    found = re.fullmatch(r"B(\d+) H(\d+) N(\d+) D(\d+)", label)
+    if not found:
+        raise ValueError(f"not a benchmark shape label: {label!r}")
+    return parse_shape("x".join(found.groups()))
+
+
+def report(paths: list[str]) -> int:
+    """One table over saved result files (the benchmark split over several device calls, say)."""
+    rows, gpus = [], set()
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        gpus.add(f"{data['gpu']}, torch {data['torch']}")
+        rows += [Row(**r) for r in data["rows"]]
+    modes = list(dict.fromkeys(m for r in rows for m in r.flex_ms))
+    print(f"{'; '.join(sorted(gpus))}: {len(rows)} rows from {len(paths)} file(s)\n")
+    print_table(rows, {r.shape: shape_of_label(r.shape) for r in rows}, modes)
+    return 0
 
 
 def load_module(source: str, directory: Path):
@@ -92,13 +116,25 @@ def measure(spec_path: Path, shape: Shape, dtype: torch.dtype, flex_modes: list[
     check = _checker(spec, shape, sets[0], buffers)
     kind = sdpa_kind(spec, shape)  # on the CPU copies of the buffers, so before they are swapped for GPU ones
     with reference.buffers_on(spec, buffers):
-        _kgen(row, spec, shape, sets, buffers, check, workdir, configs)
+        with _phase(row, "kgen"):
+            _kgen(row, spec, shape, sets, buffers, check, workdir, configs)
         for mode in flex_modes:
-            _guarded(row, f"flex {mode}", lambda: row.flex_ms.__setitem__(mode, _flex_ms(spec, shape, sets, mode)))
+            with _phase(row, f"flex {mode}"):
+                _guarded(row, f"flex {mode}", lambda: row.flex_ms.__setitem__(mode, _flex_ms(spec, shape, sets, mode)))
         if kind:
-            _guarded(row, "sdpa", lambda: setattr(row, "sdpa_ms", _sdpa_ms(sets, kind)))
+            with _phase(row, "sdpa"):
+                _guarded(row, "sdpa", lambda: setattr(row, "sdpa_ms", _sdpa_ms(sets, kind)))
     row.seconds = time.monotonic() - started
     return row
+
+
+@contextlib.contextmanager
+def _phase(row: Row, name: str):
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        row.phase_seconds[name] = round(time.monotonic() - started, 1)
 
 
 def _checker(spec, shape: Shape, inputs, buffers):
@@ -116,10 +152,13 @@ def _checker(spec, shape: Shape, inputs, buffers):
     return check
 
 
+SEARCH_TIMING_S = 0.2  # per config while searching; the winner is then timed like the baselines (1 s)
+
+
 def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, configs) -> None:
     """The built-in proposer's search (or, with `configs`, exactly those configs and no refinement)."""
     lowered = lower_spec(spec)
-    queue, tried = list(configs or search_space(shape.head_dim, interpreted=False, hopper=is_hopper())), {}
+    queue, tried, best = list(configs or search_space(shape.head_dim, interpreted=False, hopper=is_hopper())), {}, None
     while queue:
         cfg = queue.pop(0)
         if cfg in tried:
@@ -131,16 +170,20 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
             if ratio > 1.0:
                 row.errors.append(f"{cfg.label()}: wrong output ({ratio:.1f}x tolerance)")
                 continue
-            ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets)).ms
+            ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), target_s=SEARCH_TIMING_S).ms
         except Exception as e:  # noqa: BLE001 - a config that fails to compile is skipped, and said so
             row.errors.append(f"{cfg.label()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         tried[cfg] = row.config_ms[cfg.label()] = ms
-        if row.kgen_ms is None or ms < row.kgen_ms:
-            row.kgen_ms, row.kgen_config, row.kgen_error_ratio = ms, cfg.label(), ratio
+        if best is None or ms < best[0]:
+            best = (ms, cfg, fn, ratio)
         if not queue and configs is None:
             queue = refinements(tried)
     row.configs_tried = len(tried)
+    if best is not None:
+        _, cfg, fn, row.kgen_error_ratio = best
+        row.kgen_config = cfg.label()
+        row.kgen_ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets)).ms
 
 
 def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
@@ -150,6 +193,9 @@ def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
     if spec.mask_mod is not None:
         block_mask = create_block_mask(spec.mask_mod, shape.batch, shape.heads, shape.seq_len, shape.kv_seq_len,
                                        device="cuda")
+    # each spec is a new score_mod for dynamo to guard on: past its recompile limit (8) it would silently run
+    # flex_attention eagerly (20x slower), so every row starts from a clean slate
+    torch._dynamo.reset()
     compiled = torch.compile(flex_attention, mode=FLEX_MODES[mode], dynamic=False)
     gqa = shape.heads != shape.kv_heads
     return timing.time_calls(lambda i: compiled(*sets[i], score_mod=spec.score_mod, block_mask=block_mask,
@@ -174,24 +220,32 @@ def tflops(row: Row, shape: Shape, ms: float | None) -> float | None:
 
 def print_table(rows: list[Row], shapes: dict[str, Shape], modes: list[str]) -> None:
     ref_mode = "max-autotune" if "max-autotune" in modes else modes[0]
-    head = ["spec", "shape", "kgen TF/s", "config"] + [f"flex {m} TF/s" for m in modes] + ["SDPA TF/s",
-                                                                                         f"kgen/flex {ref_mode}"]
+    head = ["spec", "shape", "kgen TF/s", "config"] + [f"flex {m} TF/s" for m in modes] + \
+           ["SDPA TF/s", f"kgen/flex {ref_mode}", "kgen/SDPA"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     ratios = []
     for r in rows:
         s = shapes[r.shape]
         flex = [tflops(r, s, r.flex_ms.get(m)) for m in modes]
-        ratio = r.flex_ms.get(ref_mode) / r.kgen_ms if r.kgen_ms and r.flex_ms.get(ref_mode) else None
+        ratio = _speedup(r.flex_ms.get(ref_mode), r.kgen_ms)
         if ratio:
             ratios.append(ratio)
         cells = [r.spec, r.shape, _num(tflops(r, s, r.kgen_ms)), r.kgen_config] + [_num(f) for f in flex] + \
-                [_num(tflops(r, s, r.sdpa_ms)), f"{ratio:.2f}x" if ratio else "-"]
+                [_num(tflops(r, s, r.sdpa_ms)), _times(ratio), _times(_speedup(r.sdpa_ms, r.kgen_ms))]
         print("| " + " | ".join(cells) + " |")
     if ratios:
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
         print(f"\ngeometric mean kgen/flex {ref_mode}: {geo:.2f}x over {len(ratios)} rows; "
-              f"min {min(ratios):.2f}x, max {max(ratios):.2f}x")
+              f"min {min(ratios):.2f}x, max {max(ratios):.2f}x; {sum(r >= 1.0 for r in ratios)} rows at 1.00x or more")
+
+
+def _speedup(other_ms: float | None, kgen_ms: float | None) -> float | None:
+    return other_ms / kgen_ms if other_ms and kgen_ms else None
+
+
+def _times(ratio: float | None) -> str:
+    return f"{ratio:.2f}x" if ratio else "-"
 
 
 def _num(x: float | None) -> str:
@@ -207,7 +261,10 @@ def main() -> int:
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--sweep", action="store_true", help="time a wide grid of configs instead of the search")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="print one table from saved results; time nothing")
     args = parser.parse_args()
+    if args.report:
+        return report(args.report)
     if not torch.cuda.is_available():
         print("bench.py times kernels on a CUDA GPU; none is visible here.", file=sys.stderr)
         return 2
@@ -225,9 +282,9 @@ def main() -> int:
                 if args.sweep:
                     for label, ms in sorted(row.config_ms.items(), key=lambda t: t[1]):
                         print(f"    {label:<28} {ms:.4f} ms  {tflops(row, shape, ms):.0f} TFLOP/s")
-                print(f"[{row.seconds:5.1f}s] {row.spec} {row.shape}: kgen {row.kgen_ms} ms ({row.kgen_config}), "
-                      f"flex {row.flex_ms}, sdpa {row.sdpa_ms}" + (f"; errors: {row.errors}" if row.errors else ""),
-                      flush=True)
+                print(f"[{row.seconds:5.1f}s {row.phase_seconds}] {row.spec} {row.shape}: kgen {row.kgen_ms} ms "
+                      f"({row.kgen_config}), flex {row.flex_ms}, sdpa {row.sdpa_ms}"
+                      + (f"; errors: {row.errors}" if row.errors else ""), flush=True)
                 Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                                                       "rows": [asdict(r) for r in rows]}, indent=1))
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}\n")
