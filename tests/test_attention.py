@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SPECS
 from fake_openai import FakeOpenAI, drop, error, reply, slow
 from kernels import flash_source
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECS = ROOT.parent / "shared" / "specs"
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
 SMALL = ["--batch", "2", "--heads", "2", "--seq-len", "48", "--head-dim", "16", "--device", "cpu"]
 
