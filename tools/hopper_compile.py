@@ -1,0 +1,111 @@
+"""Compile a built-in kernel for Hopper (sm_90) on any machine, no GPU needed, and report what the GPU would get.
+
+Triton compiles for a named target without a device, and ships ptxas and cuobjdump, so the register count,
+spills, shared memory (against the 227 KB a block may have) and the tensor-core instructions of a config can be
+read here before any GPU time is spent. Two configs that compile to the same SASS get the same `sass_sha`.
+
+    python tools/hopper_compile.py --spec examples/specs/causal.py --config 128,128,8,3 --tma
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from agent.builtin.lower import lower_spec  # noqa: E402
+from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from verifier.spec import SpecFiles, load_spec  # noqa: E402
+
+SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64", "int8": "i8",
+                "int16": "i16", "int32": "i32", "int64": "i64", "uint8": "u8", "bool": "i1"}
+
+
+def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
+                    even_kv: bool = True, runs: bool = True) -> dict:
+    """Render the built-in kernel for `cfg` and compile its attention kernel for sm_90; report the result."""
+    spec = load_spec(SpecFiles(spec_path))
+    source = render_kernel(spec.name, lower_spec(spec), cfg)
+    kernel = _load(source)._attn_fwd
+    dp = triton.next_power_of_2(max(head_dim, 16))
+    signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
+    constants = dict(BM=cfg.block_m, BN=cfg.block_n, D=head_dim, DP=dp, EVEN_D=dp == head_dim, SCALE_POSITIVE=True)
+    constants.update(dict(FULL_RUNS=runs, PART_RUNS=runs) if spec.mask_mod else dict(EVEN_KV=even_kv))
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                              target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    return {"config": cfg.label(), "shared_bytes": compiled.metadata.shared,
+            "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT, **_sass_facts(compiled.asm["cubin"])}
+
+
+def _load(source: str):
+    path = Path(tempfile.mkstemp(suffix=".py")[1])
+    path.write_text(source)
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
+    """The Triton signature type of one `_attn_fwd` argument, as the wrapper would pass it."""
+    if name in ("BM", "BN", "D", "DP", "EVEN_D", "SCALE_POSITIVE", "FULL_RUNS", "PART_RUNS", "EVEN_KV"):
+        return "constexpr"
+    if name in ("Q", "K", "V", "O"):
+        rows = cfg.block_m if name in ("Q", "O") else cfg.block_n
+        return f"tensordesc<{dtype}[1,1,{rows},{dp}]>" if cfg.tma else f"*{dtype}"
+    if name in ("MAP", "PART_IDX", "FULL_IDX"):
+        return "*i32"
+    if name == "qk_scale":
+        return "fp32"
+    buffer = name.removeprefix("buf_")
+    if name.startswith("buf_") and buffer in spec.buffers:
+        return "*" + TRITON_TYPES[str(spec.buffers[buffer].dtype).removeprefix("torch.")]
+    return "i32"  # sizes, strides, counts
+
+
+def _sass_facts(cubin: bytes) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
+    instructions = [line.split("*/", 1)[1].strip() for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    registers = re.search(r"REG:(\d+)", usage)
+    return {"registers": int(registers.group(1)) if registers else None,
+            "spill_instructions": sum(i.split()[0].split(".")[0] in ("LDL", "STL") for i in instructions if i),
+            "tensor_core_instructions": sum("GMMA" in i.split()[0] for i in instructions if i),
+            "sass_instructions": len(instructions),
+            "sass_sha": hashlib.sha256("\n".join(instructions).encode()).hexdigest()[:16]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="spec file (score_mod and/or mask_mod)")
+    parser.add_argument("--config", default="128,64,8,3", help="BLOCK_M,BLOCK_N,num_warps,num_stages")
+    parser.add_argument("--tma", action="store_true", help="tensor descriptors for Q, K, V and O")
+    parser.add_argument("--warp-specialize", action="store_true")
+    parser.add_argument("--head-dim", type=int, default=128)
+    args = parser.parse_args()
+    bm, bn, warps, stages = (int(x) for x in args.config.split(","))
+    cfg = KernelConfig(bm, bn, warps, stages, tma=args.tma, warp_specialize=args.warp_specialize)
+    print(json.dumps(compile_builtin(args.spec, cfg, args.head_dim), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
