@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import re
 import subprocess
@@ -26,6 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from agent.builtin.lower import lower_spec  # noqa: E402
+from benchmarks.bench import load_module  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
@@ -40,7 +40,7 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
     """Render the built-in kernel for `cfg` and compile its attention kernel for sm_90; report the result."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
-    kernel = _load(source)._attn_fwd
+    kernel = load_module(source, Path(tempfile.gettempdir()))._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
     constants = dict(BM=cfg.block_m, BN=cfg.block_n, D=head_dim, DP=dp, EVEN_D=dp == head_dim, SCALE_POSITIVE=True)
@@ -50,15 +50,6 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
                               options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
     return {"config": cfg.label(), "shared_bytes": compiled.metadata.shared,
             "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT, **_sass_facts(compiled.asm["cubin"])}
-
-
-def _load(source: str):
-    path = Path(tempfile.mkstemp(suffix=".py")[1])
-    path.write_text(source)
-    module_spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
