@@ -53,28 +53,28 @@ def is_hopper() -> bool:
 
 
 def search_space(head_dim: int, interpreted: bool, hopper: bool = False) -> list[KernelConfig]:
-    """Configs to try first, most promising first (by head dim); refinements come from results.
+    """Configs to try first, most promising first (by head dim); refinements (stages) come from results.
 
-    Ordered by what won on an H100 (benchmarks/results): at D=128 tensor descriptors with 128x128 tiles and
-    3 stages; at D=64 plain pointer loads (descriptors gained nothing there); 64x64 tiles with 4 warps for
-    masks with fine structure. Warp specialization is left out: Triton 3.6 compiles the Hopper kernels with
-    and without it to the same code."""
+    On Hopper, the configs that won somewhere in the H100 config sweeps (benchmarks/results, README):
+    tensor descriptors, which also free the ~100 registers that pointer tiles cost; at D=128 128x128 tiles with
+    3 stages, 128x64 for masks that cut many blocks, 64x64 with 4 warps for masks with fine structure (two
+    blocks share an SM); at D=64 64x128 tiles with 4 warps and 2 stages for dense specs, plain pointer loads
+    with 64x64 or 128x64 tiles for causal-like masks. Warp specialization is left out: Triton 3.6 compiles
+    these kernels with and without it to the same code. Elsewhere a wider space, since nothing was measured."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
+    if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows
+        if head_dim <= 64:
+            return [KernelConfig(64, 128, 4, 2, tma=True), KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 4, 3)]
+        return [KernelConfig(128, 128, 8, 3, tma=True), KernelConfig(128, 64, 8, 3, tma=True),
+                KernelConfig(64, 64, 4, 3, tma=True)]
     if head_dim <= 64:
         base = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3)]
-        descriptors = [(128, 64, 8, 3)]
     elif head_dim <= 128:
         base = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2)]
-        descriptors = [(128, 128, 8, 3), (128, 64, 8, 3)]
     else:
         base = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 64, 4, 2)]
-        descriptors = []
-    configs = [KernelConfig(*c) for c in base]
-    if hopper and head_dim % 8 == 0:  # descriptors need 16-byte aligned rows
-        tma = [KernelConfig(*c, tma=True) for c in descriptors]
-        configs = tma + configs if head_dim > 64 else configs + tma
-    return configs
+    return [KernelConfig(*c) for c in base]
 
 
 class TemplateProposer:
@@ -106,14 +106,20 @@ class TemplateProposer:
 
 
 def refinements(tried: dict[KernelConfig, float | None]) -> list[KernelConfig]:
-    """Neighbours of the fastest config so far: one more or one fewer pipeline stage, the other warp count."""
+    """Neighbours of the fastest config so far: one more or one fewer pipeline stage.
+
+    The warp count stays: one warpgroup per 64 query rows is what Hopper's tensor cores want, and on the H100
+    the other count lost at every spec and shape (2x slower for 128x128 tiles with 4 warps)."""
     timed = [(ms, c) for c, ms in tried.items() if ms is not None]
     if not timed:
         return []
     best = min(timed, key=lambda t: t[0])[1]
-    near = [replace(best, num_stages=s) for s in (best.num_stages - 1, best.num_stages + 1) if 1 <= s <= 5]
-    near.append(replace(best, num_warps=12 - best.num_warps))
-    return [c for c in near if c not in tried]
+    return [c for c in stage_neighbours(best) if c not in tried]
+
+
+def stage_neighbours(cfg: KernelConfig) -> list[KernelConfig]:
+    """The same config with one pipeline stage fewer and one more."""
+    return [replace(cfg, num_stages=s) for s in (cfg.num_stages - 1, cfg.num_stages + 1) if 1 <= s <= 5]
 
 
 # ------------------------------------------------------------------------------------------------ model

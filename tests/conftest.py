@@ -60,5 +60,5 @@ INTERPRETER_BROKEN = interpreter_incompatibility()
 def pytest_runtest_setup(item):
     """On a machine whose Triton and numpy cannot run the interpreter (seen on the GPU box), only the GPU tests
     can mean anything: the CPU ones would all fail for the same, already reported, reason."""
-    if INTERPRETER_BROKEN and "test_gpu_verifier" not in item.nodeid:
+    if INTERPRETER_BROKEN and not any(item.iter_markers("gpu")) and not any(item.iter_markers("interpreter_free")):
         pytest.skip(INTERPRETER_BROKEN)

@@ -4,6 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.interpreter_free
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,7 +17,8 @@ def row(spec: str, kgen_ms: float, flex_ms: float, sdpa_ms: float | None = None)
 
 def test_report_merges_files_into_one_table_with_ratios(tmp_path):
     for name, rows in (("a.json", [row("noop", 2.0, 2.4, sdpa_ms=1.6)]), ("b.json", [row("softcap", 4.0, 3.0)])):
-        (tmp_path / name).write_text(json.dumps({"gpu": "Test GPU", "torch": "2.x", "rows": rows}))
+        run = {"gpu": "Test GPU", "torch": "2.x", "rows": rows} | ({"wall_seconds": 42} if name == "a.json" else {})
+        (tmp_path / name).write_text(json.dumps(run))
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--report",
                            str(tmp_path / "a.json"), str(tmp_path / "b.json")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -25,4 +29,35 @@ def test_report_merges_files_into_one_table_with_ratios(tmp_path):
     assert "0.75x" in next(line for line in lines if line.startswith("| softcap"))
     assert "geometric mean kgen/flex max-autotune: 0.95x over 2 rows; min 0.75x, max 1.20x; 1 rows at 1.00x" \
            in done.stdout
-    assert "Test GPU" in lines[0] and "2 rows from 2 file(s)" in lines[0]
+    assert "Test GPU" in lines[0] and "2 run(s) (1 rows in 42 s, 1 rows)" in lines[0]
+
+
+def test_the_workers_compile_every_config_a_row_may_try():
+    """The first configs of the search and every refinement the search could ask for after them."""
+    from agent.proposers import refinements, search_space
+    from benchmarks.precompile import precompile_configs
+    for head_dim in (64, 128):
+        planned = precompile_configs(head_dim)
+        first = search_space(head_dim, interpreted=False)
+        assert planned[:len(first)] == first and len(set(planned)) == len(planned)
+        for winner in first:  # whichever first config wins, its refinements were compiled ahead
+            assert set(refinements({c: (1.0 if c == winner else 2.0) for c in first})) <= set(planned)
+
+
+def test_workers_compile_by_module_name_and_say_what_failed(tmp_path):
+    """A real worker process runs a job: on a GPU it compiles; without one it fails, and the summary says so
+    instead of hiding it."""
+    import torch
+
+    from agent.builtin.template import KernelConfig
+    from benchmarks.precompile import Precompiler
+
+    job = (str(ROOT / "examples" / "specs" / "noop.py"), "B1 H2 N128 D64", KernelConfig(32, 32, 4, 2).to_dict())
+    precompiler = Precompiler([job], "fp16", workers=1)
+    precompiler.futures[0].result(timeout=300)
+    summary = precompiler.stop()
+    if torch.cuda.is_available():
+        assert summary == "precompile: 1 of 1 configs compiled ahead"
+    else:
+        assert summary.startswith("precompile: 0 of 1 configs compiled ahead; 1 failed there") and "CUDA" in summary
+    assert Precompiler([job], "fp16", workers=0).stop().startswith("precompile: off")

@@ -35,3 +35,12 @@ def test_warp_specialization_changes_nothing_on_hopper_with_the_pinned_triton(ca
     plain = compile_builtin(causal, KernelConfig(128, 64, 8, 3, tma=True), head_dim=128)
     specialized = compile_builtin(causal, KernelConfig(128, 64, 8, 3, tma=True, warp_specialize=True), head_dim=128)
     assert plain["sass_sha"] == specialized["sass_sha"]
+
+
+def test_tanh_is_one_special_function_instruction_on_hopper(specs):
+    """softcap's tanh compiles to the GPU's MUFU.TANH (the interpreter runs the exact form instead), and the
+    output's normalisation is one reciprocal per row, not a division per element."""
+    report = compile_builtin(str(specs / "softcap.py"), KernelConfig(128, 128, 8, 3, tma=True), head_dim=128)
+    functions = report["special_function_instructions"]
+    assert functions["TANH"] == functions["EX2"] - 2  # one per score; the two extra exp2 rescale the row sums
+    assert functions.get("RCP", 0) <= 4

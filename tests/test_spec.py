@@ -239,3 +239,20 @@ def test_a_broken_interpreter_pairing_is_a_clear_usage_error(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "2.2.6")
     assert interpreter_incompatibility() is None
+
+
+def test_a_spec_loaded_again_compiles_with_its_own_buffers(specs):
+    """torch.compile refers to a spec's module by name; a second load of the same file (the benchmark loads each
+    spec once per shape) must not leave the compiled flex_attention guarding the first load's buffers."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from verifier.reference import buffers_on
+
+    q = k = v = torch.randn(8, 1, 128, 16)
+    for copies in (1, 2):  # the second load's buffer differs in shape, which a stale guard would trip on
+        spec = load_spec(SpecFiles(None, str(specs / "key_padding.py")))
+        with buffers_on(spec, {n: t.repeat(copies) for n, t in spec.buffers.items()}):
+            block_mask = create_block_mask(spec.mask_mod, 8, 1, 128, 128, device="cpu")
+            torch._dynamo.reset()
+            out = torch.compile(flex_attention, dynamic=False)(q, k, v, block_mask=block_mask)
+        assert out.shape == q.shape and torch.isfinite(out).all()

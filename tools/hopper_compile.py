@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import subprocess
+from collections import Counter
 import sys
 import tempfile
 from pathlib import Path
@@ -69,6 +70,11 @@ def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
     return "i32"  # sizes, strides, counts
 
 
+def _opcode(instruction: str) -> str:
+    """`FMUL` of `@P0 FMUL R1, R2, R3 ;`: the first word that is not a predicate."""
+    return next(word for word in instruction.split() if not word.startswith("@"))
+
+
 def _sass_facts(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
@@ -76,10 +82,14 @@ def _sass_facts(cubin: bytes) -> dict:
         usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
     instructions = [line.split("*/", 1)[1].strip() for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    opcodes = [_opcode(i) for i in instructions if i]
     registers = re.search(r"REG:(\d+)", usage)
     return {"registers": int(registers.group(1)) if registers else None,
-            "spill_instructions": sum(i.split()[0].split(".")[0] in ("LDL", "STL") for i in instructions if i),
-            "tensor_core_instructions": sum("GMMA" in i.split()[0] for i in instructions if i),
+            "spill_instructions": sum(op.split(".")[0] in ("LDL", "STL") for op in opcodes),
+            "tensor_core_instructions": sum("GMMA" in op for op in opcodes),
+            # the special-function unit (exp2, tanh, reciprocal...) issues 16 per clock per SM: a softmax budget
+            "special_function_instructions": dict(sorted(Counter(op.split(".")[1] for op in opcodes
+                                                                 if op.startswith("MUFU.")).items())),
             "sass_instructions": len(instructions),
             "sass_sha": hashlib.sha256("\n".join(instructions).encode()).hexdigest()[:16]}
 

@@ -7,6 +7,7 @@ reported as a SpecError whose message is one paragraph saying what is wrong and 
 from __future__ import annotations
 
 import inspect
+import itertools
 import sys
 import traceback
 import types
@@ -103,6 +104,9 @@ def load_spec(files: SpecFiles) -> Spec:
     return spec
 
 
+_LOADS = itertools.count()
+
+
 def _exec_file(path: str) -> types.ModuleType:
     p = Path(path)
     if not p.is_file():
@@ -115,7 +119,9 @@ def _exec_file(path: str) -> types.ModuleType:
         line = (e.text or "").strip()
         raise SpecError(f"Spec file {path}:{e.lineno} has a syntax error: {e.msg}"
                         + (f" in `{line}`" if line else "") + ". Fix the line and run again.") from None
-    name = f"kgen_spec_{abs(hash(str(p.resolve())))}"
+    # a fresh name per load: torch.compile refers to a spec's module by its name from the first compile on, so a
+    # second load under the same name would leave it guarding the first load's buffers (the guard fails at once)
+    name = f"kgen_spec_{abs(hash(str(p.resolve())))}_{next(_LOADS)}"
     module = types.ModuleType(name)
     module.__file__ = str(p)
     sys.modules[name] = module  # dataclasses and pickling inside a spec expect their module to be importable

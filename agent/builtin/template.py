@@ -29,6 +29,15 @@ class KernelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_label(cls, label: str) -> "KernelConfig":
+        """The config of a label such as "BM64 BN128 w4 s2 tma" (what label() writes)."""
+        found = re.fullmatch(r"BM(\d+) BN(\d+) w(\d+) s(\d+)((?: tma| ws)*)", label.strip())
+        if not found:
+            raise ValueError(f"not a config label: {label!r} (expected e.g. 'BM64 BN128 w4 s2 tma')")
+        bm, bn, warps, stages = (int(x) for x in found.groups()[:4])
+        return cls(bm, bn, warps, stages, tma=" tma" in found.group(5), warp_specialize=" ws" in found.group(5))
+
 
 def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> str:
     mask = lowered.mask
