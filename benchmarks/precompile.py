@@ -8,9 +8,12 @@ GPU waits. The workers import this module by name, which is why it is not part o
 from __future__ import annotations
 
 import multiprocessing
+import os
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+
+import triton
 
 from agent.builtin.template import KernelConfig
 from agent.proposers import is_hopper, search_space, stage_neighbours
@@ -34,7 +37,11 @@ class Precompiler:
         self.pool = None
         self.futures: list[Future] = []
         if workers > 0 and jobs:
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            # inductor points TRITON_CACHE_DIR at a folder of its own the first time flex compiles, unless it is
+            # set already: set it now, so that the workers and this process keep sharing one cache
+            os.environ.setdefault("TRITON_CACHE_DIR", triton.knobs.cache.dir)
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=os.nice, initargs=(10,))  # the timing process comes first
             self.futures = [self.pool.submit(compile_row_config, *job, dtype) for job in jobs]
 
     def stop(self) -> str:

@@ -1,5 +1,6 @@
 """The benchmark's report of saved results (the GPU part of the benchmark runs only on the device)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ def test_workers_compile_by_module_name_and_say_what_failed(tmp_path):
 
     job = (str(ROOT / "examples" / "specs" / "noop.py"), "B1 H2 N128 D64", KernelConfig(32, 32, 4, 2).to_dict())
     precompiler = Precompiler([job], "fp16", workers=1)
+    assert os.environ["TRITON_CACHE_DIR"]  # pinned, so that inductor cannot move this process's cache away later
     precompiler.futures[0].result(timeout=300)
     summary = precompiler.stop()
     if torch.cuda.is_available():
