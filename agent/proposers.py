@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 import triton
@@ -86,6 +86,7 @@ class TemplateProposer:
         self.lowered = lower_spec(spec)  # LoweringError: the caller decides whether the run can go on
         self.interpreted = problem.device == "cpu"
         self.queue = search_space(problem.shape.head_dim, self.interpreted, hopper=is_hopper())
+        self.fits = shared_memory_check(problem.shape.head_dim)
         self.tried: dict[KernelConfig, float | None] = {}  # config -> ms (None: rejected or untimed)
 
     def propose(self, context: SearchContext) -> Candidate | None:
@@ -101,11 +102,12 @@ class TemplateProposer:
         cfg = KernelConfig(**attempt.candidate.config)
         self.tried[cfg] = attempt.ms if attempt.status == ACCEPTED else None
         if not self.queue and not self.interpreted:
-            self.queue = refinements(self.tried)
+            self.queue = refinements(self.tried, self.fits)
 
 
 
-def refinements(tried: dict[KernelConfig, float | None]) -> list[KernelConfig]:
+def refinements(tried: dict[KernelConfig, float | None],
+                fits: Callable[[KernelConfig], bool] = lambda cfg: True) -> list[KernelConfig]:
     """Neighbours of the fastest config so far: one more or one fewer pipeline stage.
 
     The warp count stays: one warpgroup per 64 query rows is what Hopper's tensor cores want, and on the H100
@@ -114,7 +116,29 @@ def refinements(tried: dict[KernelConfig, float | None]) -> list[KernelConfig]:
     if not timed:
         return []
     best = min(timed, key=lambda t: t[0])[1]
-    return [c for c in stage_neighbours(best) if c not in tried]
+    return [c for c in stage_neighbours(best) if c not in tried and fits(c)]
+
+
+def descriptor_shared_bytes(cfg: KernelConfig, head_dim: int, element_bytes: int = 2) -> int | None:
+    """Shared memory a tensor-descriptor config stages: the Q tile and `num_stages` K and V tiles (what Triton 3.6
+    allocates on sm_90, to within a few hundred bytes). None for pointer loads, which Triton stages differently."""
+    if not cfg.tma:
+        return None
+    padded = triton.next_power_of_2(max(head_dim, 16))
+    return element_bytes * padded * (cfg.block_m + 2 * cfg.num_stages * cfg.block_n)
+
+
+def shared_memory_check(head_dim: int) -> Callable[[KernelConfig], bool]:
+    """Whether a config's staging fits this GPU's shared memory per block (a 4th stage of 128x128 D=128 tiles
+    does not on an H100: trying it costs a compile and a rejected attempt). Anything passes where it cannot be
+    known: no GPU, or pointer loads."""
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    limit = getattr(props, "shared_memory_per_block_optin", None)  # ROCm builds may not report it
+
+    def fits(cfg: KernelConfig) -> bool:
+        needed = descriptor_shared_bytes(cfg, head_dim)
+        return limit is None or needed is None or needed <= limit
+    return fits
 
 
 def stage_neighbours(cfg: KernelConfig) -> list[KernelConfig]:

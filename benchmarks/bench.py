@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from agent.proposers import is_hopper, refinements, search_space  # noqa: E402
+from agent.proposers import is_hopper, refinements, search_space, shared_memory_check  # noqa: E402
 from benchmarks.precompile import Precompiler, precompile_configs  # noqa: E402
 from verifier import numerics, reference, timing  # noqa: E402
 from verifier.baseline import FLEX_MODES, sdpa_kind  # noqa: E402
@@ -196,7 +196,7 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
         if best is None or ms < best[0]:
             best = (ms, cfg, fn, ratio)
         if not queue and configs is None:
-            queue = refinements(tried)
+            queue = refinements(tried, shared_memory_check(shape.head_dim))
     row.configs_tried = len(tried)
     if best is not None:
         _, cfg, fn, row.kgen_error_ratio = best

@@ -16,7 +16,7 @@ from pathlib import Path
 import triton
 
 from agent.builtin.template import KernelConfig
-from agent.proposers import is_hopper, search_space, stage_neighbours
+from agent.proposers import is_hopper, search_space, shared_memory_check, stage_neighbours
 
 Job = tuple[str, str, dict]  # spec path, shape label ("B2 H16 N8192 D128"), KernelConfig as a dict
 
@@ -27,7 +27,8 @@ def precompile_configs(head_dim: int, grid: list[KernelConfig] | None = None) ->
     if grid:
         return grid
     first = search_space(head_dim, interpreted=False, hopper=is_hopper())
-    return list(dict.fromkeys(first + [n for cfg in first for n in stage_neighbours(cfg)]))
+    fits = shared_memory_check(head_dim)
+    return list(dict.fromkeys(first + [n for cfg in first for n in stage_neighbours(cfg) if fits(n)]))
 
 
 class Precompiler:

@@ -219,3 +219,12 @@ def test_config_labels_read_back():
         assert KernelConfig.from_label(cfg.label()) == cfg
     with pytest.raises(ValueError, match="not a config label"):
         KernelConfig.from_label("BM64 BN64 w4")
+
+
+def test_refinements_skip_configs_that_do_not_fit_the_shared_memory():
+    from agent.proposers import descriptor_shared_bytes
+
+    best = KernelConfig(128, 128, 8, 3, tma=True)
+    h100 = lambda cfg: descriptor_shared_bytes(cfg, 128) <= 232448  # noqa: E731 - the H100's limit per block
+    assert refinements({best: 1.0}, h100) == [KernelConfig(128, 128, 8, 2, tma=True)]  # no 4th stage
+    assert descriptor_shared_bytes(KernelConfig(64, 64, 4, 3), 128) is None  # pointer loads: not estimated

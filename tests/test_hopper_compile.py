@@ -44,3 +44,15 @@ def test_tanh_is_one_special_function_instruction_on_hopper(specs):
     functions = report["special_function_instructions"]
     assert functions["TANH"] == functions["EX2"] - 2  # one per score; the two extra exp2 rescale the row sums
     assert functions.get("RCP", 0) <= 4
+
+
+@pytest.mark.parametrize("spec, block_m, block_n, stages, head_dim", [
+    ("causal.py", 128, 128, 3, 128), ("causal.py", 128, 128, 4, 128), ("noop.py", 64, 64, 3, 128),
+    ("rel_pos.py", 64, 128, 2, 64)])
+def test_the_shared_memory_estimate_matches_what_triton_allocates(specs, spec, block_m, block_n, stages, head_dim):
+    """The estimate the search uses to skip configs that cannot launch, against the compiler's own figure."""
+    from agent.proposers import descriptor_shared_bytes
+
+    cfg = KernelConfig(block_m, block_n, 8 if block_m == 128 else 4, stages, tma=True)
+    compiled = compile_builtin(str(specs / spec), cfg, head_dim=head_dim)["shared_bytes"]
+    assert abs(descriptor_shared_bytes(cfg, head_dim) - compiled) <= 1024
