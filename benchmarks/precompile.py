@@ -51,7 +51,7 @@ class Precompiler:
             return "precompile: off (every config compiled in the search)"
         self.pool.shutdown(wait=False, cancel_futures=True)
         finished = [f for f in self.futures if f.done() and not f.cancelled()]
-        failures = [f.exception() or f.result() for f in finished if f.exception() or f.result()]
+        failures = [why for why in (f.exception() or f.result() for f in finished) if why]
         line = f"precompile: {len(finished) - len(failures)} of {len(self.futures)} configs compiled ahead"
         if failures:
             line += f"; {len(failures)} failed there (compiled again in the search), first: {str(failures[0])[:200]}"

@@ -13,9 +13,9 @@ import hashlib
 import json
 import re
 import subprocess
-from collections import Counter
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +26,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from agent.builtin.lower import lower_spec  # noqa: E402
-from benchmarks.bench import load_module  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from benchmarks.bench import load_module  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
