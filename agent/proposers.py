@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import torch
@@ -77,6 +77,34 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False) -> list
     return [KernelConfig(*c) for c in base]
 
 
+@dataclass
+class ConfigSearch:
+    """The built-in config search, on its own: the first configs in order, then (with `refine`) one-stage
+    neighbours of the fastest config that fit the GPU, until a round brings nothing new. The proposer and the
+    benchmark both drive it, so they search alike."""
+
+    queue: list[KernelConfig]
+    refine: bool = True
+    fits: Callable[[KernelConfig], bool] = lambda cfg: True
+    tried: dict[KernelConfig, float | None] = field(default_factory=dict)  # config -> ms (None: failed, untimed)
+
+    def next(self) -> KernelConfig | None:
+        """The next config to try, or None when the search is over."""
+        while self.queue:
+            cfg = self.queue.pop(0)
+            if cfg not in self.tried:
+                self.tried[cfg] = None
+                return cfg
+        return None
+
+    def record(self, cfg: KernelConfig, ms: float | None) -> None:
+        """A config's time (None: it failed or was not timed); the last first config's result starts refining."""
+        self.tried[cfg] = ms
+        self.queue = [c for c in self.queue if c not in self.tried]
+        if not self.queue and self.refine:
+            self.queue = refinements(self.tried, self.fits)
+
+
 class TemplateProposer:
     origin = "builtin"
 
@@ -84,26 +112,21 @@ class TemplateProposer:
         self.lineage = lineage
         self.spec_name = spec.name
         self.lowered = lower_spec(spec)  # LoweringError: the caller decides whether the run can go on
-        self.interpreted = problem.device == "cpu"
-        self.queue = search_space(problem.shape.head_dim, self.interpreted, hopper=is_hopper())
-        self.fits = shared_memory_check(problem.shape.head_dim)
-        self.tried: dict[KernelConfig, float | None] = {}  # config -> ms (None: rejected or untimed)
+        interpreted = problem.device == "cpu"
+        # the interpreter cannot time, so there is nothing to refine from
+        self.search = ConfigSearch(search_space(problem.shape.head_dim, interpreted, hopper=is_hopper()),
+                                   refine=not interpreted, fits=shared_memory_check(problem.shape.head_dim))
 
     def propose(self, context: SearchContext) -> Candidate | None:
-        while self.queue:
-            cfg = self.queue.pop(0)
-            if cfg not in self.tried:
-                self.tried[cfg] = None
-                return Candidate(origin=self.origin, lineage=self.lineage, label=cfg.label(),
-                                 source=render_kernel(self.spec_name, self.lowered, cfg), config=cfg.to_dict())
-        return None
+        cfg = self.search.next()
+        if cfg is None:
+            return None
+        return Candidate(origin=self.origin, lineage=self.lineage, label=cfg.label(),
+                         source=render_kernel(self.spec_name, self.lowered, cfg), config=cfg.to_dict())
 
     def observe(self, attempt: Attempt) -> None:
-        cfg = KernelConfig(**attempt.candidate.config)
-        self.tried[cfg] = attempt.ms if attempt.status == ACCEPTED else None
-        if not self.queue and not self.interpreted:
-            self.queue = refinements(self.tried, self.fits)
-
+        self.search.record(KernelConfig(**attempt.candidate.config),
+                           attempt.ms if attempt.status == ACCEPTED else None)
 
 
 def refinements(tried: dict[KernelConfig, float | None],

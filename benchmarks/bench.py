@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from agent.proposers import is_hopper, refinements, search_space, shared_memory_check  # noqa: E402
+from agent.proposers import ConfigSearch, is_hopper, search_space, shared_memory_check  # noqa: E402
 from benchmarks.precompile import Precompiler, precompile_configs  # noqa: E402
 from verifier import numerics, reference, timing  # noqa: E402
 from verifier.baseline import FLEX_MODES, sdpa_kind  # noqa: E402
@@ -172,12 +172,11 @@ TIMING = dict(wall=False)
 def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, configs) -> None:
     """The built-in proposer's search (or, with `configs`, exactly those configs and no refinement)."""
     lowered = lower_spec(spec)
-    queue, tried, best = list(configs or search_space(shape.head_dim, interpreted=False, hopper=is_hopper())), {}, None
-    while queue:
-        cfg = queue.pop(0)
-        if cfg in tried:
-            continue
-        tried[cfg] = None
+    search = ConfigSearch(list(configs or search_space(shape.head_dim, interpreted=False, hopper=is_hopper())),
+                          refine=configs is None, fits=shared_memory_check(shape.head_dim))
+    best = None
+    while (cfg := search.next()) is not None:
+        ms = None
         try:
             started = time.monotonic()
             fn = load_module(render_kernel(spec.name, lowered, cfg), workdir).attention
@@ -187,17 +186,18 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
             ratio = check(out)
             if ratio > 1.0:
                 row.errors.append(f"{cfg.label()}: wrong output ({ratio:.1f}x tolerance)")
-                continue
-            ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), target_s=SEARCH_TIMING_S, **TIMING).ms
+            else:
+                ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), target_s=SEARCH_TIMING_S,
+                                       **TIMING).ms
         except Exception as e:  # noqa: BLE001 - a config that fails to compile is skipped, and said so
             row.errors.append(f"{cfg.label()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        search.record(cfg, ms)
+        if ms is None:
             continue
-        tried[cfg] = row.config_ms[cfg.label()] = ms
+        row.config_ms[cfg.label()] = ms
         if best is None or ms < best[0]:
             best = (ms, cfg, fn, ratio)
-        if not queue and configs is None:
-            queue = refinements(tried, shared_memory_check(shape.head_dim))
-    row.configs_tried = len(tried)
+    row.configs_tried = len(search.tried)
     if best is not None:
         _, cfg, fn, row.kgen_error_ratio = best
         row.kgen_config = cfg.label()

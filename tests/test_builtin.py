@@ -13,7 +13,7 @@ import pytest
 
 from agent.builtin.lower import LoweringError, lower_spec
 from agent.builtin.template import KernelConfig, render_kernel
-from agent.proposers import TemplateProposer, refinements, search_space
+from agent.proposers import ConfigSearch, TemplateProposer, refinements, search_space
 from conftest import SMALL
 from verifier.problem import Problem
 from verifier.spec import SpecFiles, load_spec
@@ -197,12 +197,28 @@ def test_power_of_two_divisors_lower_to_shifts_and_masks(tmp_path):
 def test_the_search_is_one_config_on_cpu_and_several_on_a_gpu(specs):
     problem = Problem(SpecFiles(str(specs / "causal.py")), SMALL, "fp16", "cpu")
     proposer = TemplateProposer(load_spec(problem.spec), problem)
-    assert len(proposer.queue) == 1
+    assert len(proposer.search.queue) == 1 and not proposer.search.refine
     gpu = search_space(128, interpreted=False, hopper=True)
     assert len(gpu) >= 3 and all(c.tma for c in gpu)  # D=128 on Hopper: descriptors won at every spec
     assert not any(c.tma for c in search_space(128, interpreted=False, hopper=False))
     assert any(not c.tma for c in search_space(64, interpreted=False, hopper=True))  # D=64 causal: plain loads won
     assert all(not c.tma for c in search_space(100, interpreted=False, hopper=True))  # 200-byte rows: no TMA
+
+
+def test_the_config_search_refines_its_fastest_first_config_until_nothing_new_is_left():
+    first = [KernelConfig(128, 128, 8, 3, tma=True), KernelConfig(64, 64, 4, 3, tma=True)]
+    search = ConfigSearch(list(first + first[:1]))  # a repeated config is tried once
+    times = {first[0]: 2.0, first[1]: 1.0, KernelConfig(64, 64, 4, 2, tma=True): 1.5,
+             KernelConfig(64, 64, 4, 4, tma=True): 0.5, KernelConfig(64, 64, 4, 5, tma=True): None}
+    order = []
+    while (cfg := search.next()) is not None:
+        order.append(cfg)
+        search.record(cfg, times[cfg])
+    # the stages of the winner of the first round, then of the new winner (4 stages), then the search ends
+    assert order == first + [KernelConfig(64, 64, 4, s, tma=True) for s in (2, 4, 5)]
+    fixed = ConfigSearch(list(first), refine=False)
+    assert [fixed.next(), fixed.record(first[0], 1.0), fixed.next(), fixed.record(first[1], 2.0), fixed.next()] \
+        == [first[0], None, first[1], None, None]
 
 
 def test_refinements_move_the_stages_of_the_fastest_config_only():

@@ -4,7 +4,7 @@ Triton compiles for a named target without a device, and ships ptxas and cuobjdu
 spills, shared memory (against the 227 KB a block may have) and the tensor-core instructions of a config can be
 read here before any GPU time is spent. Two configs that compile to the same SASS get the same `sass_sha`.
 
-    python tools/hopper_compile.py --spec examples/specs/causal.py --config 128,128,8,3 --tma
+    python tools/hopper_compile.py --spec examples/specs/causal.py --config "BM128 BN128 w8 s3 tma"
 """
 from __future__ import annotations
 
@@ -94,16 +94,21 @@ def _sass_facts(cubin: bytes) -> dict:
             "sass_sha": hashlib.sha256("\n".join(instructions).encode()).hexdigest()[:16]}
 
 
+def _config(label: str) -> KernelConfig:
+    try:
+        return KernelConfig.from_label(label)
+    except ValueError as e:  # argparse shows this message, not a generic one
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="spec file (score_mod and/or mask_mod)")
-    parser.add_argument("--config", default="128,64,8,3", help="BLOCK_M,BLOCK_N,num_warps,num_stages")
-    parser.add_argument("--tma", action="store_true", help="tensor descriptors for Q, K, V and O")
-    parser.add_argument("--warp-specialize", action="store_true")
+    parser.add_argument("--config", default="BM128 BN64 w8 s3", type=_config,
+                        help='a config label, as the benchmark and run reports write it: "BM128 BN128 w8 s3 tma"')
     parser.add_argument("--head-dim", type=int, default=128)
     args = parser.parse_args()
-    bm, bn, warps, stages = (int(x) for x in args.config.split(","))
-    cfg = KernelConfig(bm, bn, warps, stages, tma=args.tma, warp_specialize=args.warp_specialize)
+    cfg = args.config
     print(json.dumps(compile_builtin(args.spec, cfg, args.head_dim), indent=1))
     return 0
 
