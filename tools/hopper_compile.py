@@ -45,7 +45,7 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
     constants = dict(BM=cfg.block_m, BN=cfg.block_n, D=head_dim, DP=dp, EVEN_D=dp == head_dim, SCALE_POSITIVE=True)
-    constants.update(dict(FULL_RUNS=runs, PART_RUNS=runs) if spec.mask_mod else dict(EVEN_KV=even_kv))
+    constants.update(dict(FULL_RUNS=runs, PART_RUNS=runs, EVEN_KV=even_kv) if spec.mask_mod else dict(EVEN_KV=even_kv))
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
