@@ -35,14 +35,15 @@ def test_report_merges_files_into_one_table_with_ratios(tmp_path):
 
 def test_the_workers_compile_every_config_a_row_may_try():
     """The first configs of the search and every refinement the search could ask for after them."""
-    from agent.proposers import refinements, search_space
+    from agent.proposers import is_hopper, refinements, search_space, shared_memory_check
     from benchmarks.precompile import precompile_configs
     for head_dim in (64, 128):
         planned = precompile_configs(head_dim)
-        first = search_space(head_dim, interpreted=False)
+        first = search_space(head_dim, interpreted=False, hopper=is_hopper())  # the benchmark's own GPU decides
         assert planned[:len(first)] == first and len(set(planned)) == len(planned)
+        fits = shared_memory_check(head_dim)
         for winner in first:  # whichever first config wins, its refinements were compiled ahead
-            assert set(refinements({c: (1.0 if c == winner else 2.0) for c in first})) <= set(planned)
+            assert set(refinements({c: (1.0 if c == winner else 2.0) for c in first}, fits)) <= set(planned)
 
 
 def test_workers_compile_by_module_name_and_say_what_failed(tmp_path):
