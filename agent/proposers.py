@@ -59,8 +59,9 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False) -> list
     tensor descriptors, which also free the ~100 registers that pointer tiles cost; at D=128 128x128 tiles with
     3 stages, 128x64 for masks that cut many blocks, 64x64 with 4 warps for masks with fine structure (two
     blocks share an SM); at D=64 64x128 tiles with 4 warps and 2 stages for dense, causal and dilated specs,
-    plain pointer loads with 64x64 or 128x64 tiles for sliding windows and key padding. Warp specialization is left out: Triton 3.6 compiles
-    these kernels with and without it to the same code. Elsewhere a wider space, since nothing was measured."""
+    plain pointer loads with 64x64 or 128x64 tiles for sliding windows and key padding. Warp specialization is
+    left out: Triton 3.6 compiles these kernels with and without it to the same code. Elsewhere a wider space,
+    since nothing was measured."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
     if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows

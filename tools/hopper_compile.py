@@ -44,8 +44,10 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
     kernel = load_module(source, Path(tempfile.gettempdir()))._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
-    constants = dict(BM=cfg.block_m, BN=cfg.block_n, D=head_dim, DP=dp, EVEN_D=dp == head_dim, SCALE_POSITIVE=True)
-    constants.update(dict(FULL_RUNS=runs, PART_RUNS=runs, EVEN_KV=even_kv) if spec.mask_mod else dict(EVEN_KV=even_kv))
+    constants = dict(BM=cfg.block_m, BN=cfg.block_n, D=head_dim, DP=dp, EVEN_D=dp == head_dim, SCALE_POSITIVE=True,
+                     EVEN_KV=even_kv)
+    if spec.mask_mod:
+        constants.update(FULL_RUNS=runs, PART_RUNS=runs)
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
@@ -108,8 +110,7 @@ def main() -> int:
                         help='a config label, as the benchmark and run reports write it: "BM128 BN128 w8 s3 tma"')
     parser.add_argument("--head-dim", type=int, default=128)
     args = parser.parse_args()
-    cfg = args.config
-    print(json.dumps(compile_builtin(args.spec, cfg, args.head_dim), indent=1))
+    print(json.dumps(compile_builtin(args.spec, args.config, args.head_dim), indent=1))
     return 0
 
 
