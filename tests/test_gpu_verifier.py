@@ -102,3 +102,13 @@ def test_honest_timing_is_below_the_measured_peak(gpu_verifier):
     verdict = gpu_verifier(baseline=True).verify(flash_source(None, None, bm=64, bn=64))
     assert verdict.accepted, verdict.message
     assert 0 < verdict.metrics.tflops < verdict.metrics.peak_tflops and verdict.metrics.ratio_to_flex
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                    reason="a Hopper kernel (wgmma, TMA)")
+def test_a_gluon_kernel_is_verified_like_any_other(gpu_verifier):
+    """Warp-specialized Gluon (tests/kernels/gluon_plain_hopper.py): every trial, one launch, timed."""
+    verdict = gpu_verifier("noop", require_single_kernel=True).verify(kernel_file("gluon_plain_hopper.py"))
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    m = verdict.metrics
+    assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_fwd")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,17 @@ def test_torch_calls_inside_a_triton_kernel_are_not_host_code():
     source = HEADER.replace("    pass\n", "    x = tl.load(X)\n    tl.store(X, tl.sum(x @ x, 0))\n") + \
         "\n\ndef attention(q, k, v, *, scale=None, **buffers):\n    return q\n"
     assert code(source) is None
+
+
+def test_a_gluon_kernel_is_a_triton_kernel():
+    """Gluon (triton.experimental.gluon) is Triton's lower-level dialect: its @gluon.jit functions are kernels."""
+    source = (Path(__file__).parent / "kernels" / "gluon_plain_hopper.py").read_text()
+    result, facts = check_source(source)
+    assert result.ok, result.message
+    assert {"_fwd", "_loader", "_consumer"} <= set(facts.jit_functions)
+
+
+def test_a_gluon_alias_of_something_else_is_not_a_kernel():
+    source = ("import torch\nimport triton.language as gluon\n\n\n@gluon.jit\ndef k(x):\n    pass\n\n\n"
+              "def attention(q, k, v, *, scale=None, **buffers):\n    return q.clone()\n")
+    assert code(source) == "no_triton_kernel"

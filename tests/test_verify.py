@@ -308,3 +308,10 @@ def test_a_hung_kernel_dies_with_the_verifier(tmp_path, specs):
     while time.monotonic() < deadline and any(running(pid) for pid in children):
         time.sleep(0.2)
     assert not any(running(pid) for pid in children)
+
+
+def test_a_gluon_kernel_on_the_cpu_says_it_needs_a_gpu(verifier):
+    """Gluon has no CPU interpreter: the verdict says so before anything runs, instead of a driver error."""
+    source = (Path(__file__).parent / "kernels" / "gluon_plain_hopper.py").read_text()
+    verdict = rejected(verifier("noop").verify(source), "needs_gpu", "static")
+    assert "--device cuda" in verdict.message and len(verdict.stages) == 1

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
@@ -48,11 +49,17 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
                      EVEN_KV=even_kv)
     if spec.mask_mod:
         constants.update(FULL_RUNS=runs, PART_RUNS=runs)
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
-                              target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
-    return {"config": cfg.label(), "shared_bytes": compiled.metadata.shared,
-            "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT, **_sass_facts(compiled.asm["cubin"])}
+    return {"config": cfg.label(), **compile_kernel(kernel, signature, constants, options=dict(
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages))}
+
+
+def compile_kernel(kernel, signature: dict, constants: dict, options: dict) -> dict:
+    """Compile one @triton.jit or Gluon @gluon.jit kernel for sm_90 and report shared memory and SASS facts."""
+    source = (GluonASTSource if kernel.is_gluon() else ASTSource)(fn=kernel, signature=signature,
+                                                                  constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    return {"shared_bytes": compiled.metadata.shared, "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT,
+            **_sass_facts(compiled.asm["cubin"])}
 
 
 def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
@@ -89,6 +96,9 @@ def _sass_facts(cubin: bytes) -> dict:
     return {"registers": int(registers.group(1)) if registers else None,
             "spill_instructions": sum(op.split(".")[0] in ("LDL", "STL") for op in opcodes),
             "tensor_core_instructions": sum("GMMA" in op for op in opcodes),
+            # waits that leave one wgmma group in flight: the kernel overlaps a matmul with other work
+            "partial_wgmma_waits": sum(bool(re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b", i))
+                                       for i in instructions),
             # the special-function unit (exp2, tanh, reciprocal...) issues 16 per clock per SM: a softmax budget
             "special_function_instructions": dict(sorted(Counter(op.split(".")[1] for op in opcodes
                                                                  if op.startswith("MUFU.")).items())),

@@ -35,6 +35,7 @@ class SourceFacts:
     """What the verifier learns from the source and later uses (kernel names for profiling)."""
 
     jit_functions: list[str] = field(default_factory=list)
+    gluon: bool = False  # kernels written in Gluon, which Triton's CPU interpreter cannot run
 
 
 def check_source(source: str, filename: str = "kernel.py") -> tuple[StageResult, SourceFacts]:
@@ -55,10 +56,11 @@ def check_source(source: str, filename: str = "kernel.py") -> tuple[StageResult,
     if problem:
         return StageResult.failed("static", "missing_entry_point", problem), facts
     facts.jit_functions = _jit_functions(tree)
+    facts.gluon = bool(_gluon_aliases(tree)) or "triton.experimental.gluon" in source
     if not facts.jit_functions:
         return StageResult.failed("static", "no_triton_kernel",
-                                  "No @triton.jit function found: the attention must be computed by a Triton "
-                                  "kernel defined in this file."), facts
+                                  "No @triton.jit (or Gluon @gluon.jit) function found: the attention must be "
+                                  "computed by a Triton kernel defined in this file."), facts
     finding = _Scanner(set(facts.jit_functions)).scan(tree)
     if finding:
         code, line, what = finding
@@ -85,13 +87,28 @@ def _decorator_name(d: ast.expr) -> str:
 
 
 def _jit_functions(tree: ast.Module) -> list[str]:
+    """Functions under `@triton.jit` (or `jit` from triton), or under Gluon's `@gluon.jit`, Triton's lower-level
+    dialect (explicit layouts, mbarriers, warp specialization), where `gluon` is triton.experimental.gluon."""
+    jit_decorators = {"jit"} | {f"{alias}.jit" for alias in _gluon_aliases(tree)}
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef):
             decos = [_decorator_name(d) for d in node.decorator_list]
-            if any(d.split(".")[-1] == "jit" and d.split(".")[0] in ("triton", "jit") for d in decos):
+            if any(d in jit_decorators or (d.startswith("triton.") and d.endswith(".jit")) for d in decos):
                 names.append(node.name)
     return names
+
+
+def _gluon_aliases(tree: ast.Module) -> set[str]:
+    """Names bound to triton.experimental.gluon by `from triton.experimental import gluon [as g]` or
+    `import triton.experimental.gluon as g`."""
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "triton.experimental":
+            aliases |= {a.asname or a.name for a in node.names if a.name == "gluon"}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.name == "triton.experimental.gluon" and a.asname}
+    return aliases
 
 
 def _dotted(node: ast.expr) -> str | None:

@@ -9,6 +9,7 @@ REASONS: dict[str, str] = {
     "syntax_error": "the source does not parse as Python",
     "missing_entry_point": "no function `attention(q, k, v, *, scale=None, **buffers)` is defined",
     "no_triton_kernel": "no @triton.jit function is defined: the work must happen in a Triton kernel",
+    "needs_gpu": "the kernel is written in Gluon, which only runs on a GPU (no CPU interpreter)",
     "compile_error": "the module failed to import or a Triton kernel failed to compile",
     "runtime_error": "the call raised an exception",
     "crash": "the process died (segfault, abort, illegal memory access)",

@@ -102,7 +102,11 @@ class Verifier:
         metrics = Metrics(mask_density=self.density)
         static, facts = check_source(source)
         stages = [static]
-        if not static.ok:
+        if static.ok and facts.gluon and self.interpreted:
+            stages = [StageResult.failed("static", "needs_gpu",
+                                         "This kernel is written in Gluon (triton.experimental.gluon), which Triton's "
+                                         "CPU interpreter cannot run: verify it with --device cuda on a GPU.")]
+        if not stages[0].ok:
             return stages, metrics
         kernel = workdir / "kernel.py"
         kernel.write_text(source)
