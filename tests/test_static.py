@@ -150,3 +150,9 @@ def test_a_gluon_alias_of_something_else_is_not_a_kernel():
     source = ("import torch\nimport triton.language as gluon\n\n\n@gluon.jit\ndef k(x):\n    pass\n\n\n"
               "def attention(q, k, v, *, scale=None, **buffers):\n    return q.clone()\n")
     assert code(source) == "no_triton_kernel"
+
+
+def test_gluon_is_known_from_imports_not_from_mentions():
+    gluon = (Path(__file__).parent / "kernels" / "gluon_plain_hopper.py").read_text()
+    assert check_source(gluon)[1].gluon
+    assert not check_source(flash_source() + "\n# triton.experimental.gluon would need a GPU\n")[1].gluon

@@ -56,7 +56,7 @@ def check_source(source: str, filename: str = "kernel.py") -> tuple[StageResult,
     if problem:
         return StageResult.failed("static", "missing_entry_point", problem), facts
     facts.jit_functions = _jit_functions(tree)
-    facts.gluon = bool(_gluon_aliases(tree)) or "triton.experimental.gluon" in source
+    facts.gluon = _imports_gluon(tree)
     if not facts.jit_functions:
         return StageResult.failed("static", "no_triton_kernel",
                                   "No @triton.jit (or Gluon @gluon.jit) function found: the attention must be "
@@ -109,6 +109,12 @@ def _gluon_aliases(tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.Import):
             aliases |= {a.asname for a in node.names if a.name == "triton.experimental.gluon" and a.asname}
     return aliases
+
+
+def _imports_gluon(tree: ast.Module) -> bool:
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    return bool(_gluon_aliases(tree)) or any(m.startswith("triton.experimental.gluon") for m in modules)
 
 
 def _dotted(node: ast.expr) -> str | None:
