@@ -15,7 +15,7 @@ import triton
 
 import prompts
 from agent.builtin.lower import lower_spec
-from agent.builtin.template import KernelConfig, render_kernel
+from agent.builtin.template import KernelConfig, gluon_fits, render_kernel
 from agent.extract import FormatError, extract_kernel
 from agent.llm import ChatClient
 from agent.records import ACCEPTED, NO_KERNEL, Attempt, Candidate, describe_speed
@@ -52,7 +52,7 @@ def is_hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
-def search_space(head_dim: int, interpreted: bool, hopper: bool = False) -> list[KernelConfig]:
+def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: bool = False) -> list[KernelConfig]:
     """Configs to try first, most promising first (by head dim); refinements (stages) come from results.
 
     On Hopper, the configs that won somewhere in the H100 config sweeps (benchmarks/results, README):
@@ -61,13 +61,16 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False) -> list
     blocks share an SM); at D=64 64x128 tiles with 4 warps and 2 stages for dense, causal and dilated specs,
     plain pointer loads with 64x64 or 128x64 tiles for sliding windows and key padding. Warp specialization is
     left out: Triton 3.6 compiles these kernels with and without it to the same code. Elsewhere a wider space,
-    since nothing was measured."""
+    since nothing was measured. With `gluon` (the spec fits the Gluon kernel: no mask_mod, no captured buffers),
+    Hopper also tries the warp-specialized Gluon kernel (a loader and two consumer warpgroups) first at D=128,
+    where it beat the Triton kernels by 1-11% on noop, rel_pos and alibi; not at D=64, where it lost by 10-20%."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
     if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows
+        warp_specialized = [KernelConfig(128, 64, 4, 4, gluon=True)] if gluon and head_dim == 128 else []
         if head_dim <= 64:
             return [KernelConfig(64, 128, 4, 2, tma=True), KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 4, 3)]
-        return [KernelConfig(128, 128, 8, 3, tma=True), KernelConfig(128, 64, 8, 3, tma=True),
+        return [*warp_specialized, KernelConfig(128, 128, 8, 3, tma=True), KernelConfig(128, 64, 8, 3, tma=True),
                 KernelConfig(64, 64, 4, 3, tma=True)]
     if head_dim <= 64:
         base = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3)]
@@ -115,7 +118,8 @@ class TemplateProposer:
         self.lowered = lower_spec(spec)  # LoweringError: the caller decides whether the run can go on
         interpreted = problem.device == "cpu"
         # the interpreter cannot time, so there is nothing to refine from
-        self.search = ConfigSearch(search_space(problem.shape.head_dim, interpreted, hopper=is_hopper()),
+        self.search = ConfigSearch(search_space(problem.shape.head_dim, interpreted, hopper=is_hopper(),
+                                                gluon=gluon_fits(self.lowered)),
                                    refine=not interpreted, fits=shared_memory_check(problem.shape.head_dim))
 
     def propose(self, context: SearchContext) -> Candidate | None:
@@ -146,7 +150,7 @@ def refinements(tried: dict[KernelConfig, float | None],
 def descriptor_shared_bytes(cfg: KernelConfig, head_dim: int, element_bytes: int = 2) -> int | None:
     """Shared memory a tensor-descriptor config stages: the Q tile and `num_stages` K and V tiles (what Triton 3.6
     allocates on sm_90, to within a few hundred bytes). None for pointer loads, which Triton stages differently."""
-    if not cfg.tma:
+    if not (cfg.tma or cfg.gluon):  # the Gluon kernel stages the same tiles: two Q halves, K and V
         return None
     padded = triton.next_power_of_2(max(head_dim, 16))
     return element_bytes * padded * (cfg.block_m + 2 * cfg.num_stages * cfg.block_n)

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
-from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from agent.builtin.template import KernelConfig, gluon_fits, render_kernel  # noqa: E402
 from agent.proposers import ConfigSearch, is_hopper, search_space, shared_memory_check  # noqa: E402
 from benchmarks.precompile import Precompiler, precompile_configs  # noqa: E402
 from verifier import numerics, reference, timing  # noqa: E402
@@ -172,7 +172,8 @@ TIMING = dict(wall=False)
 def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, configs) -> None:
     """The built-in proposer's search (or, with `configs`, exactly those configs and no refinement)."""
     lowered = lower_spec(spec)
-    search = ConfigSearch(list(configs or search_space(shape.head_dim, interpreted=False, hopper=is_hopper())),
+    first = search_space(shape.head_dim, interpreted=False, hopper=is_hopper(), gluon=gluon_fits(lowered))
+    search = ConfigSearch(list(configs or first),
                           refine=configs is None, fits=shared_memory_check(shape.head_dim))
     best = None
     while (cfg := search.next()) is not None:
@@ -202,6 +203,10 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
         _, cfg, fn, row.kgen_error_ratio = best
         row.kgen_config = cfg.label()
         row.kgen_ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), **TIMING).ms
+
+
+def _fits_gluon(spec_path: Path) -> bool:
+    return gluon_fits(lower_spec(load_spec(SpecFiles(str(spec_path)))))
 
 
 def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
@@ -299,7 +304,7 @@ def main() -> int:
     chosen = [KernelConfig.from_label(c) for c in args.configs.split(",") if c.strip()]
     grids = {label: chosen or (sweep_grid(shape.head_dim) if args.sweep else None) for label, shape in shapes.items()}
     jobs = [(str(spec_dir / f"{name}.py"), label, cfg.to_dict()) for label, shape in shapes.items() for name in names
-            for cfg in precompile_configs(shape.head_dim, grids[label])]
+            for cfg in precompile_configs(shape.head_dim, grids[label], gluon=_fits_gluon(spec_dir / f"{name}.py"))]
     precompiler = Precompiler(jobs, args.dtype, args.compile_workers)
     try:
         with tempfile.TemporaryDirectory() as tmp:

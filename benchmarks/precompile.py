@@ -21,12 +21,13 @@ from agent.proposers import is_hopper, search_space, shared_memory_check, stage_
 Job = tuple[str, str, dict]  # spec path, shape label ("B2 H16 N8192 D128"), KernelConfig as a dict
 
 
-def precompile_configs(head_dim: int, grid: list[KernelConfig] | None = None) -> list[KernelConfig]:
+def precompile_configs(head_dim: int, grid: list[KernelConfig] | None = None,
+                       gluon: bool = False) -> list[KernelConfig]:
     """What one row may compile: `grid` if the row times a fixed grid, else the search's first configs and
     their stage neighbours (every refinement the search can ask for)."""
     if grid:
         return grid
-    first = search_space(head_dim, interpreted=False, hopper=is_hopper())
+    first = search_space(head_dim, interpreted=False, hopper=is_hopper(), gluon=gluon)
     fits = shared_memory_check(head_dim)
     return list(dict.fromkeys(first + [n for cfg in first for n in stage_neighbours(cfg) if fits(n)]))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.builtin.lower import LoweringError, lower_spec
-from agent.builtin.template import KernelConfig, render_kernel
+from agent.builtin.template import KernelConfig, gluon_fits, render_kernel
 from agent.proposers import ConfigSearch, TemplateProposer, refinements, search_space
 from conftest import SMALL
 from verifier.problem import Problem
@@ -203,6 +203,23 @@ def test_the_search_is_one_config_on_cpu_and_several_on_a_gpu(specs):
     assert not any(c.tma for c in search_space(128, interpreted=False, hopper=False))
     assert any(not c.tma for c in search_space(64, interpreted=False, hopper=True))  # D=64 causal: plain loads won
     assert all(not c.tma for c in search_space(100, interpreted=False, hopper=True))  # 200-byte rows: no TMA
+
+
+def test_the_gluon_kernel_is_searched_on_hopper_for_specs_it_can_express(specs):
+    """Warp-specialized Gluon: first at D=128 (it won on dense specs), not at D=64 (it lost), never for masks or
+    captured buffers, never off Hopper or under the interpreter."""
+    fits = {name: gluon_fits(lower_spec(load_spec(SpecFiles(str(specs / f"{name}.py")))))
+            for name in ("noop", "rel_pos", "alibi", "softcap", "causal", "key_padding")}
+    assert fits == {"noop": True, "rel_pos": True, "alibi": True, "softcap": True, "causal": False,
+                    "key_padding": False}
+    assert search_space(128, interpreted=False, hopper=True, gluon=True)[0].gluon
+    for args in [(128, False, True, False), (128, False, False, True), (128, True, True, True),
+                 (96, False, True, True), (64, False, True, True)]:
+        assert not any(c.gluon for c in search_space(*args))
+    assert KernelConfig.from_label("BM128 BN64 w4 s3 gluon") == KernelConfig(128, 64, 4, 3, gluon=True)
+    causal = load_spec(SpecFiles(str(specs / "causal.py")))
+    with pytest.raises(ValueError, match="no mask_mod"):
+        render_kernel(causal.name, lower_spec(causal), KernelConfig(128, 64, 4, 3, gluon=True))
 
 
 def test_the_config_search_refines_its_fastest_first_config_until_nothing_new_is_left():

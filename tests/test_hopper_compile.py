@@ -77,3 +77,13 @@ def test_the_gluon_fixture_compiles_for_hopper_with_matmuls_left_in_flight():
     assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
     assert report["spill_instructions"] == 0
     assert report["partial_wgmma_waits"] > 0  # QK^T of the next block still runs while this PV is waited on
+
+
+@pytest.mark.parametrize("spec, head_dim", [("noop", 128), ("rel_pos", 128), ("alibi", 64), ("softcap", 128)])
+def test_the_builtin_gluon_kernel_compiles_for_hopper(specs, spec, head_dim):
+    """The built-in proposer's Gluon config, with each dense spec's score_mod inlined: it fits, keeps a wgmma in
+    flight, does not spill; softcap's tanh stays one special-function instruction."""
+    report = compile_builtin(str(specs / f"{spec}.py"), KernelConfig(128, 64, 4, 3, gluon=True), head_dim=head_dim)
+    assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
+    assert report["spill_instructions"] == 0 and report["partial_wgmma_waits"] > 0
+    assert ("TANH" in report["special_function_instructions"]) == (spec == "softcap")

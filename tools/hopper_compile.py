@@ -42,7 +42,10 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
     """Render the built-in kernel for `cfg` and compile its attention kernel for sm_90; report the result."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
-    kernel = load_module(source, Path(tempfile.gettempdir()))._attn_fwd
+    module = load_module(source, Path(tempfile.gettempdir()))
+    if cfg.gluon:
+        return {"config": cfg.label(), **_compile_gluon(module, cfg, head_dim, dtype, even_kv)}
+    kernel = module._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
     constants = dict(BM=cfg.block_m, BN=cfg.block_n, D=head_dim, DP=dp, EVEN_D=dp == head_dim, SCALE_POSITIVE=True,
@@ -60,6 +63,20 @@ def compile_kernel(kernel, signature: dict, constants: dict, options: dict) -> d
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     return {"shared_bytes": compiled.metadata.shared, "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT,
             **_sass_facts(compiled.asm["cubin"])}
+
+
+def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv: bool) -> dict:
+    """The Gluon kernel's `_attn_fwd`, its descriptor types taken from descriptors over a CPU tensor."""
+    import torch
+    from triton.runtime.jit import mangle_type
+    t = torch.empty(1, 1, 256, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    descs = [module._descriptor(t, rows) for rows in (cfg.block_m // 2, cfg.block_n, cfg.block_n, cfg.block_m // 2)]
+    signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)), H="i32", GROUP="i32",
+                     SQ="i32", SKV="i32", qk_scale="fp32")
+    constants = dict(BMH=cfg.block_m // 2, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
+                     SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS)
+    signature.update({name: "constexpr" for name in constants})
+    return compile_kernel(module._attn_fwd, signature, constants, options=dict(num_warps=cfg.num_warps))
 
 
 def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:

@@ -21,9 +21,12 @@ class KernelConfig:
     num_stages: int = 2
     tma: bool = False  # Hopper tensor descriptors for Q, K, V and O (bounds handled by the copy engine)
     warp_specialize: bool = False  # producer/consumer warps for the key loop (with tma)
+    # the Gluon kernel (Hopper, no mask_mod, no buffers): a loader warpgroup and two consumer warpgroups of
+    # block_m / 2 rows; num_warps is per warpgroup
+    gluon: bool = False
 
     def label(self) -> str:
-        extras = " tma" * self.tma + " ws" * self.warp_specialize
+        extras = " tma" * self.tma + " ws" * self.warp_specialize + " gluon" * self.gluon
         return f"BM{self.block_m} BN{self.block_n} w{self.num_warps} s{self.num_stages}{extras}"
 
     def to_dict(self) -> dict:
@@ -32,21 +35,32 @@ class KernelConfig:
     @classmethod
     def from_label(cls, label: str) -> "KernelConfig":
         """The config of a label such as "BM64 BN128 w4 s2 tma" (what label() writes)."""
-        found = re.fullmatch(r"BM(\d+) BN(\d+) w(\d+) s(\d+)((?: tma| ws)*)", label.strip())
+        found = re.fullmatch(r"BM(\d+) BN(\d+) w(\d+) s(\d+)((?: tma| ws| gluon)*)", label.strip())
         if not found:
             raise ValueError(f"not a config label: {label!r} (expected e.g. 'BM64 BN128 w4 s2 tma')")
         bm, bn, warps, stages = (int(x) for x in found.groups()[:4])
-        return cls(bm, bn, warps, stages, tma=" tma" in found.group(5), warp_specialize=" ws" in found.group(5))
+        return cls(bm, bn, warps, stages, tma=" tma" in found.group(5), warp_specialize=" ws" in found.group(5),
+                   gluon=" gluon" in found.group(5))
 
 
 def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> str:
     mask = lowered.mask
     used = " ".join(f.source for f in (lowered.score, lowered.mask) if f)
+    if cfg.gluon:
+        if not gluon_fits(lowered):
+            raise ValueError("the Gluon kernel takes specs with no mask_mod and no captured buffers")
+        return TEMPLATES.get_template("gluon.py.j2").render(
+            spec_name=spec_name, cfg=cfg, helpers=_used_helpers(lowered.helpers, used), score=lowered.score)
     return TEMPLATES.get_template("flash.py.j2").render(
         spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
         score=lowered.score, mask=mask, buffer_params=lowered.buffer_params(),
         buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
         mask_uses_b=bool(mask and "b" in mask.depends), mask_uses_h=bool(mask and "h" in mask.depends))
+
+
+def gluon_fits(lowered: LoweredSpec) -> bool:
+    """Whether the Gluon kernel can express the spec: a score_mod at most, reading no captured buffer."""
+    return lowered.mask is None and not lowered.buffers
 
 
 def _used_helpers(helpers: str, code: str) -> str:
