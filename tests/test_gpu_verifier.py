@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import flash_source, kernel_file
+from kernels import flash_source, gluon_source, kernel_file
 from verifier.problem import Problem, Shape
 from verifier.spec import SpecFiles
 from verifier.verify import Verifier, VerifyOptions
@@ -106,9 +106,10 @@ def test_honest_timing_is_below_the_measured_peak(gpu_verifier):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="a Hopper kernel (wgmma, TMA)")
-def test_a_gluon_kernel_is_verified_like_any_other(gpu_verifier):
-    """Warp-specialized Gluon (tests/kernels/gluon_plain_hopper.py): every trial, one launch, timed."""
-    verdict = gpu_verifier("noop", require_single_kernel=True).verify(kernel_file("gluon_plain_hopper.py"))
+@pytest.mark.parametrize("spec", ["noop", "softcap"])
+def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs, spec):
+    """The warp-specialized Gluon kernel (agent/builtin/gluon.py.j2): every trial, one launch, timed."""
+    verdict = gpu_verifier(spec, require_single_kernel=True).verify(gluon_source(str(specs / f"{spec}.py")))
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     m = verdict.metrics
-    assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_fwd")
+    assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")

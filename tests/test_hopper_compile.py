@@ -58,32 +58,11 @@ def test_the_shared_memory_estimate_matches_what_triton_allocates(specs, spec, b
     assert abs(descriptor_shared_bytes(cfg, head_dim) - compiled) <= 1024
 
 
-def test_the_gluon_fixture_compiles_for_hopper_with_matmuls_left_in_flight():
-    """The Gluon path (tests/kernels/gluon_plain_hopper.py) builds for sm_90 here; on the H100 it is verified
-    like any kernel (tests/test_gpu_verifier.py)."""
-    import torch
-    from triton.runtime.jit import mangle_type
-    from hopper_compile import compile_kernel
-    sys.path.insert(0, str(ROOT / "tests" / "kernels"))
-    import gluon_plain_hopper as g
-
-    t = torch.empty(2, 16, 1024, 128, dtype=torch.bfloat16)
-    descs = [g._descriptor(t, 32, rows) for rows in (g.BLOCK_M_HALF, g.BLOCK_N, g.BLOCK_N, g.BLOCK_M_HALF)]
-    signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)),
-                     H="i32", GROUP="i32", SKV="i32", qk_scale="fp32", BMH="constexpr", BN="constexpr",
-                     D="constexpr", STAGES="constexpr", EVEN_KV="constexpr", REGS="constexpr")
-    constants = dict(BMH=g.BLOCK_M_HALF, BN=g.BLOCK_N, D=128, STAGES=g.STAGES, EVEN_KV=True, REGS=240)
-    report = compile_kernel(g._fwd, signature, constants, options=dict(num_warps=4))
-    assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
-    assert report["spill_instructions"] == 0
-    assert report["partial_wgmma_waits"] > 0  # QK^T of the next block still runs while this PV is waited on
-
-
 @pytest.mark.parametrize("spec, head_dim", [("noop", 128), ("rel_pos", 128), ("alibi", 64), ("softcap", 128)])
 def test_the_builtin_gluon_kernel_compiles_for_hopper(specs, spec, head_dim):
     """The built-in proposer's Gluon config, with each dense spec's score_mod inlined: it fits, keeps a wgmma in
     flight, does not spill; softcap's tanh stays one special-function instruction."""
-    report = compile_builtin(str(specs / f"{spec}.py"), KernelConfig(128, 64, 4, 3, gluon=True), head_dim=head_dim)
+    report = compile_builtin(str(specs / f"{spec}.py"), KernelConfig(128, 64, 4, 4, gluon=True), head_dim=head_dim)
     assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
     assert report["spill_instructions"] == 0 and report["partial_wgmma_waits"] > 0
     assert ("TANH" in report["special_function_instructions"]) == (spec == "softcap")

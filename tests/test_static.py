@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from kernels import MASKS, SCORES, VARIANTS, flash_source
+from kernels import MASKS, SCORES, VARIANTS, flash_source, gluon_source
 from verifier.static import check_source
 
 HEADER = """
@@ -138,12 +137,11 @@ def test_torch_calls_inside_a_triton_kernel_are_not_host_code():
     assert code(source) is None
 
 
-def test_a_gluon_kernel_is_a_triton_kernel():
+def test_a_gluon_kernel_is_a_triton_kernel(specs):
     """Gluon (triton.experimental.gluon) is Triton's lower-level dialect: its @gluon.jit functions are kernels."""
-    source = (Path(__file__).parent / "kernels" / "gluon_plain_hopper.py").read_text()
-    result, facts = check_source(source)
+    result, facts = check_source(gluon_source(str(specs / "rel_pos.py")))
     assert result.ok, result.message
-    assert {"_fwd", "_loader", "_consumer"} <= set(facts.jit_functions)
+    assert {"_attn_fwd", "_loader", "_consumer", "_score_mod"} <= set(facts.jit_functions)
 
 
 def test_a_gluon_alias_of_something_else_is_not_a_kernel():
@@ -152,7 +150,6 @@ def test_a_gluon_alias_of_something_else_is_not_a_kernel():
     assert code(source) == "no_triton_kernel"
 
 
-def test_gluon_is_known_from_imports_not_from_mentions():
-    gluon = (Path(__file__).parent / "kernels" / "gluon_plain_hopper.py").read_text()
-    assert check_source(gluon)[1].gluon
+def test_gluon_is_known_from_imports_not_from_mentions(specs):
+    assert check_source(gluon_source(str(specs / "noop.py")))[1].gluon
     assert not check_source(flash_source() + "\n# triton.experimental.gluon would need a GPU\n")[1].gluon

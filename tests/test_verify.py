@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import flash_source
+from kernels import flash_source, gluon_source
 from verifier.problem import Shape
 from verifier.sandbox import Limits
 from verifier.spec import index_grid
@@ -310,8 +310,8 @@ def test_a_hung_kernel_dies_with_the_verifier(tmp_path, specs):
     assert not any(running(pid) for pid in children)
 
 
-def test_a_gluon_kernel_on_the_cpu_says_it_needs_a_gpu(verifier):
+def test_a_gluon_kernel_on_the_cpu_says_it_needs_a_gpu(verifier, specs):
     """Gluon has no CPU interpreter: the verdict says so before anything runs, instead of a driver error."""
-    source = (Path(__file__).parent / "kernels" / "gluon_plain_hopper.py").read_text()
+    source = gluon_source(str(specs / "noop.py"))
     verdict = rejected(verifier("noop").verify(source), "needs_gpu", "static")
     assert "--device cuda" in verdict.message and len(verdict.stages) == 1
