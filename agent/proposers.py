@@ -52,6 +52,11 @@ def is_hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
+def has_wgmma() -> bool:
+    """The Gluon kernel's warpgroup matmuls exist on sm_90 (H100, H200) only."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
 def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: bool = False) -> list[KernelConfig]:
     """Configs to try first, most promising first (by head dim); refinements (stages) come from results.
 
@@ -119,7 +124,7 @@ class TemplateProposer:
         interpreted = problem.device == "cpu"
         # the interpreter cannot time, so there is nothing to refine from
         self.search = ConfigSearch(search_space(problem.shape.head_dim, interpreted, hopper=is_hopper(),
-                                                gluon=gluon_fits(self.lowered)),
+                                                gluon=gluon_fits(self.lowered) and has_wgmma()),
                                    refine=not interpreted, fits=shared_memory_check(problem.shape.head_dim))
 
     def propose(self, context: SearchContext) -> Candidate | None:

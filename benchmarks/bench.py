@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, gluon_fits, render_kernel  # noqa: E402
-from agent.proposers import ConfigSearch, is_hopper, search_space, shared_memory_check  # noqa: E402
+from agent.proposers import ConfigSearch, has_wgmma, is_hopper, search_space, shared_memory_check  # noqa: E402
 from benchmarks.precompile import Precompiler, precompile_configs  # noqa: E402
 from verifier import numerics, reference, timing  # noqa: E402
 from verifier.baseline import FLEX_MODES, sdpa_kind  # noqa: E402
@@ -172,7 +172,8 @@ TIMING = dict(wall=False)
 def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, configs) -> None:
     """The built-in proposer's search (or, with `configs`, exactly those configs and no refinement)."""
     lowered = lower_spec(spec)
-    first = search_space(shape.head_dim, interpreted=False, hopper=is_hopper(), gluon=gluon_fits(lowered))
+    first = search_space(shape.head_dim, interpreted=False, hopper=is_hopper(),
+                         gluon=gluon_fits(lowered) and has_wgmma())
     search = ConfigSearch(list(configs or first),
                           refine=configs is None, fits=shared_memory_check(shape.head_dim))
     best = None
@@ -206,7 +207,7 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
 
 
 def _fits_gluon(spec_path: Path) -> bool:
-    return gluon_fits(lower_spec(load_spec(SpecFiles(str(spec_path)))))
+    return has_wgmma() and gluon_fits(lower_spec(load_spec(SpecFiles(str(spec_path)))))
 
 
 def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
