@@ -14,7 +14,7 @@ import torch
 import triton
 
 import prompts
-from agent.builtin.lower import lower_spec
+from agent.builtin.lower import LoweredSpec, lower_spec
 from agent.builtin.template import KernelConfig, gluon_fits, render_kernel
 from agent.extract import FormatError, extract_kernel
 from agent.llm import ChatClient
@@ -86,6 +86,11 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: 
     return [KernelConfig(*c) for c in base]
 
 
+def first_configs(lowered: LoweredSpec, head_dim: int, interpreted: bool) -> list[KernelConfig]:
+    """The search space on the GPU at hand, for this spec (the Gluon kernel only where it can run it)."""
+    return search_space(head_dim, interpreted, hopper=is_hopper(), gluon=gluon_fits(lowered) and has_wgmma())
+
+
 @dataclass
 class ConfigSearch:
     """The built-in config search, on its own: the first configs in order, then (with `refine`) one-stage
@@ -123,8 +128,7 @@ class TemplateProposer:
         self.lowered = lower_spec(spec)  # LoweringError: the caller decides whether the run can go on
         interpreted = problem.device == "cpu"
         # the interpreter cannot time, so there is nothing to refine from
-        self.search = ConfigSearch(search_space(problem.shape.head_dim, interpreted, hopper=is_hopper(),
-                                                gluon=gluon_fits(self.lowered) and has_wgmma()),
+        self.search = ConfigSearch(first_configs(self.lowered, problem.shape.head_dim, interpreted),
                                    refine=not interpreted, fits=shared_memory_check(problem.shape.head_dim))
 
     def propose(self, context: SearchContext) -> Candidate | None:

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
-from agent.builtin.template import KernelConfig, gluon_fits, render_kernel  # noqa: E402
-from agent.proposers import ConfigSearch, has_wgmma, is_hopper, search_space, shared_memory_check  # noqa: E402
+from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from agent.proposers import ConfigSearch, first_configs, is_hopper, shared_memory_check  # noqa: E402
 from benchmarks.precompile import Precompiler, precompile_configs  # noqa: E402
 from verifier import numerics, reference, timing  # noqa: E402
 from verifier.baseline import FLEX_MODES, sdpa_kind  # noqa: E402
@@ -172,9 +172,7 @@ TIMING = dict(wall=False)
 def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, configs) -> None:
     """The built-in proposer's search (or, with `configs`, exactly those configs and no refinement)."""
     lowered = lower_spec(spec)
-    first = search_space(shape.head_dim, interpreted=False, hopper=is_hopper(),
-                         gluon=gluon_fits(lowered) and has_wgmma())
-    search = ConfigSearch(list(configs or first),
+    search = ConfigSearch(list(configs or first_configs(lowered, shape.head_dim, interpreted=False)),
                           refine=configs is None, fits=shared_memory_check(shape.head_dim))
     best = None
     while (cfg := search.next()) is not None:
@@ -204,10 +202,6 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
         _, cfg, fn, row.kgen_error_ratio = best
         row.kgen_config = cfg.label()
         row.kgen_ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), **TIMING).ms
-
-
-def _fits_gluon(spec_path: Path) -> bool:
-    return has_wgmma() and gluon_fits(lower_spec(load_spec(SpecFiles(str(spec_path)))))
 
 
 def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
@@ -305,7 +299,7 @@ def main() -> int:
     chosen = [KernelConfig.from_label(c) for c in args.configs.split(",") if c.strip()]
     grids = {label: chosen or (sweep_grid(shape.head_dim) if args.sweep else None) for label, shape in shapes.items()}
     jobs = [(str(spec_dir / f"{name}.py"), label, cfg.to_dict()) for label, shape in shapes.items() for name in names
-            for cfg in precompile_configs(shape.head_dim, grids[label], gluon=_fits_gluon(spec_dir / f"{name}.py"))]
+            for cfg in precompile_configs(spec_dir / f"{name}.py", shape.head_dim, grids[label])]
     precompiler = Precompiler(jobs, args.dtype, args.compile_workers)
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,19 +15,20 @@ from pathlib import Path
 
 import triton
 
+from agent.builtin.lower import lower_spec
 from agent.builtin.template import KernelConfig
-from agent.proposers import is_hopper, search_space, shared_memory_check, stage_neighbours
+from agent.proposers import first_configs, shared_memory_check, stage_neighbours
+from verifier.spec import SpecFiles, load_spec
 
 Job = tuple[str, str, dict]  # spec path, shape label ("B2 H16 N8192 D128"), KernelConfig as a dict
 
 
-def precompile_configs(head_dim: int, grid: list[KernelConfig] | None = None,
-                       gluon: bool = False) -> list[KernelConfig]:
+def precompile_configs(spec_path: Path, head_dim: int, grid: list[KernelConfig] | None = None) -> list[KernelConfig]:
     """What one row may compile: `grid` if the row times a fixed grid, else the search's first configs and
     their stage neighbours (every refinement the search can ask for)."""
     if grid:
         return grid
-    first = search_space(head_dim, interpreted=False, hopper=is_hopper(), gluon=gluon)
+    first = first_configs(lower_spec(load_spec(SpecFiles(str(spec_path)))), head_dim, interpreted=False)
     fits = shared_memory_check(head_dim)
     return list(dict.fromkeys(first + [n for cfg in first for n in stage_neighbours(cfg) if fits(n)]))
 
@@ -63,11 +64,9 @@ def compile_row_config(spec_path: str, shape_label: str, cfg: dict, dtype: str) 
     """In a worker: compile one config's attention kernel for one row; None, or why it failed."""
     import torch
 
-    from agent.builtin.lower import lower_spec
     from agent.builtin.template import render_kernel
     from benchmarks.bench import load_module, shape_of_label
     from verifier.problem import DTYPES
-    from verifier.spec import SpecFiles, load_spec
 
     compile_without_launching("_attn_fwd")
     try:

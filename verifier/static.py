@@ -28,6 +28,7 @@ FORBIDDEN_METHODS = {"matmul", "mm", "bmm", "baddbmm", "addmm", "einsum", "softm
                      "numpy", "tolist", "__matmul__"}
 SNOOPING_BUILTINS = {"open", "globals", "vars", "locals", "breakpoint", "input"}
 TAMPERING_BUILTINS = {"eval", "exec", "compile", "__import__", "setattr", "delattr"}
+GLUON = "triton.experimental.gluon"  # Triton's lower-level dialect: its kernels are Triton kernels too
 
 
 @dataclass
@@ -55,8 +56,12 @@ def check_source(source: str, filename: str = "kernel.py") -> tuple[StageResult,
     problem = _signature_problem(entry)
     if problem:
         return StageResult.failed("static", "missing_entry_point", problem), facts
-    facts.jit_functions = _jit_functions(tree)
-    facts.gluon = _imports_gluon(tree)
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    gluon_aliases = {name for n in imports for name, path in _bindings(n) if path == GLUON}
+    facts.jit_functions = _jit_functions(tree, gluon_aliases)
+    imported = [a.name for n in imports if isinstance(n, ast.Import) for a in n.names] + \
+        [path for n in imports if isinstance(n, ast.ImportFrom) for _, path in _bindings(n)]
+    facts.gluon = any(path.startswith(GLUON) for path in imported)
     if not facts.jit_functions:
         return StageResult.failed("static", "no_triton_kernel",
                                   "No @triton.jit (or Gluon @gluon.jit) function found: the attention must be "
@@ -86,10 +91,10 @@ def _decorator_name(d: ast.expr) -> str:
     return _dotted(target) or ""
 
 
-def _jit_functions(tree: ast.Module) -> list[str]:
+def _jit_functions(tree: ast.Module, gluon_aliases: set[str]) -> list[str]:
     """Functions under `@triton.jit` (or `jit` from triton), or under Gluon's `@gluon.jit`, Triton's lower-level
-    dialect (explicit layouts, mbarriers, warp specialization), where `gluon` is triton.experimental.gluon."""
-    jit_decorators = {"jit"} | {f"{alias}.jit" for alias in _gluon_aliases(tree)}
+    dialect (explicit layouts, mbarriers, warp specialization), where `gluon` names triton.experimental.gluon."""
+    jit_decorators = {"jit"} | {f"{alias}.jit" for alias in gluon_aliases}
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef):
@@ -99,22 +104,12 @@ def _jit_functions(tree: ast.Module) -> list[str]:
     return names
 
 
-def _gluon_aliases(tree: ast.Module) -> set[str]:
-    """Names bound to triton.experimental.gluon by `from triton.experimental import gluon [as g]` or
-    `import triton.experimental.gluon as g`."""
-    aliases = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "triton.experimental":
-            aliases |= {a.asname or a.name for a in node.names if a.name == "gluon"}
-        elif isinstance(node, ast.Import):
-            aliases |= {a.asname for a in node.names if a.name == "triton.experimental.gluon" and a.asname}
-    return aliases
-
-
-def _imports_gluon(tree: ast.Module) -> bool:
-    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
-        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    return bool(_gluon_aliases(tree)) or any(m.startswith("triton.experimental.gluon") for m in modules)
+def _bindings(node: ast.Import | ast.ImportFrom) -> list[tuple[str, str]]:
+    """(local name, dotted path it names) for each name an import statement binds, as Python binds them."""
+    if isinstance(node, ast.Import):
+        return [((a.asname or a.name).split(".")[0], a.name if a.asname else a.name.split(".")[0])
+                for a in node.names]
+    return [(a.asname or a.name, f"{node.module or ''}.{a.name}") for a in node.names]
 
 
 def _dotted(node: ast.expr) -> str | None:
@@ -162,17 +157,15 @@ class _Scanner(ast.NodeVisitor):
     def visit_Import(self, node: ast.Import):
         for alias in node.names:
             self._check_module(alias.name, node)
-            self.aliases[(alias.asname or alias.name).split(".")[0]] = alias.name if alias.asname else \
-                alias.name.split(".")[0]
+        self.aliases.update(_bindings(node))
 
     def visit_ImportFrom(self, node: ast.ImportFrom):
         module = node.module or ""
         self._check_module(module, node)
-        for alias in node.names:
-            full = f"{module}.{alias.name}"
+        for _, full in _bindings(node):
             self._check_dotted(full, node)
             self._check_reached_module(full, node)
-            self.aliases[alias.asname or alias.name] = full
+        self.aliases.update(_bindings(node))
 
     def _check_module(self, module: str, node: ast.AST) -> None:
         root = module.split(".")[0]
