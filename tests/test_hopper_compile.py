@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from hopper_compile import compile_builtin  # noqa: E402
+from hopper_compile import compile_builtin, listed_instructions  # noqa: E402
 
 from agent.builtin.template import KernelConfig  # noqa: E402
 
@@ -66,3 +66,11 @@ def test_the_builtin_gluon_kernel_compiles_for_hopper(specs, spec, head_dim):
     assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
     assert report["spill_instructions"] == 0 and report["partial_wgmma_waits"] > 0
     assert ("TANH" in report["special_function_instructions"]) == (spec == "softcap")
+
+
+def test_the_listing_is_read_past_address_ffff():
+    """Kernels over 4096 instructions (the Gluon ones) have five-digit addresses; a spill there must still count."""
+    listing = ("        /*fff0*/                   FMUL R1, R2, R3 ;                /* 0x000fe20000400000 */\n"
+               "                                                                    /* 0x000fca0000000f00 */\n"
+               "        /*10000*/                  STL [R1], R2 ;                   /* 0x0001e80000100800 */\n")
+    assert listed_instructions(listing) == ["FMUL R1, R2, R3 ;", "STL [R1], R2 ;"]

@@ -101,13 +101,20 @@ def _opcode(instruction: str) -> str:
     return next(word for word in instruction.split() if not word.startswith("@"))
 
 
+def listed_instructions(sass: str) -> list[str]:
+    """The instructions of a cuobjdump listing, `/*0a30*/  FMUL R1, R2, R3 ;` each; addresses grow past four hex
+    digits in kernels longer than 4096 instructions (the Gluon kernels are)."""
+    listed = (re.match(r"\s+/\*[0-9a-f]{4,}\*/(.*?)(/\* 0x[0-9a-f]+ \*/)?\s*$", line) for line in sass.splitlines())
+    return [m.group(1).strip() for m in listed if m]
+
+
 def _sass_facts(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
-    instructions = [line.split("*/", 1)[1].strip() for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    instructions = listed_instructions(sass)
     opcodes = [_opcode(i) for i in instructions if i]
     registers = re.search(r"REG:(\d+)", usage)
     return {"registers": int(registers.group(1)) if registers else None,
