@@ -21,6 +21,8 @@ def test_the_d128_hopper_config_fits_and_uses_the_tensor_cores(causal):
     report = compile_builtin(causal, KernelConfig(128, 128, 8, 3, tma=True), head_dim=128)
     assert report["fits_shared_memory"] and 200_000 < report["shared_bytes"] <= 232448
     assert report["tensor_core_instructions"] > 0 and 0 < report["registers"] <= 255
+    # P @ V reads P from registers, Q @ K^T reads Q from shared memory: half the matmuls each way
+    assert 2 * report["register_operand_wgmmas"] == report["tensor_core_instructions"]
     assert report["spill_instructions"] == 0
 
 
@@ -61,9 +63,11 @@ def test_the_shared_memory_estimate_matches_what_triton_allocates(specs, spec, b
 @pytest.mark.parametrize("spec, head_dim", [("noop", 128), ("rel_pos", 128), ("alibi", 64), ("softcap", 128)])
 def test_the_builtin_gluon_kernel_compiles_for_hopper(specs, spec, head_dim):
     """The built-in proposer's Gluon config, with each dense spec's score_mod inlined: it fits, keeps a wgmma in
-    flight, does not spill; softcap's tanh stays one special-function instruction."""
+    flight, does not spill, reads Q from registers (every matmul's left operand: Q or P); softcap's tanh stays one
+    special-function instruction."""
     report = compile_builtin(str(specs / f"{spec}.py"), KernelConfig(128, 64, 4, 4, gluon=True), head_dim=head_dim)
     assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
+    assert report["register_operand_wgmmas"] == report["tensor_core_instructions"]
     assert report["spill_instructions"] == 0 and report["partial_wgmma_waits"] > 0
     assert ("TANH" in report["special_function_instructions"]) == (spec == "softcap")
 

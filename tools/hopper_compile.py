@@ -120,6 +120,8 @@ def _sass_facts(cubin: bytes) -> dict:
     return {"registers": int(registers.group(1)) if registers else None,
             "spill_instructions": sum(op.split(".")[0] in ("LDL", "STL") for op in opcodes),
             "tensor_core_instructions": sum("GMMA" in op for op in opcodes),
+            # matmuls whose left operand comes from registers (P, or Q kept there) rather than shared memory
+            "register_operand_wgmmas": sum(bool(re.match(r"HGMMA\.\S+ R\d+, R\d+,", i)) for i in instructions),
             # waits that leave one wgmma group in flight: the kernel overlaps a matmul with other work
             "partial_wgmma_waits": sum(bool(re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b", i))
                                        for i in instructions),
