@@ -132,6 +132,14 @@ def test_padded_keys_counted_is_wrong_only_on_ragged_lengths(verifier):
     assert "max error" in verdict.message and "% of elements off" in verdict.message and "at batch=" in verdict.message
 
 
+def test_a_kernel_that_drops_the_sign_of_the_scale_is_wrong_only_on_the_negative_scale(verifier):
+    source = flash_source().replace("scale = 1.0 / math.sqrt(D) if scale is None else scale",
+                                    "scale = 1.0 / math.sqrt(D) if scale is None else abs(scale)")
+    verdict = rejected(verifier("noop").verify(source), "wrong_output", "numerics")
+    trials = {t["purpose"]: t["ok"] for t in verdict.failed_stage.details["trials"]}
+    assert not trials["negative scale"] and trials["explicit scale"] and trials["target"]
+
+
 def test_no_running_max_overflows_on_large_logits(verifier):
     verdict = rejected(verifier("noop").verify(flash_source(variant="no_max")), "nan_output", "numerics")
     failed = [t for t in verdict.failed_stage.details["trials"] if not t["ok"]]
@@ -245,7 +253,8 @@ def test_suite_covers_what_the_issue_asks(target, interpreted):
     assert suite[0].purpose == "target" and top.group == target.group and top.head_dim == target.head_dim
     assert {t.dist for t in suite if t.shape == top} >= {"normal", "large", "adversarial"}
     assert len({t.seed for t in suite if t.repeat_of is None}) == len([t for t in suite if t.repeat_of is None])
-    assert any(t.scale is not None for t in suite)
+    assert any(t.scale is not None and t.scale > 0 for t in suite)
+    assert any(t.scale is not None and t.scale < 0 for t in suite)
     for t in suite:
         assert t.shape.seq_len <= top.seq_len and t.shape.kv_seq_len <= top.kv_seq_len
     lengths = {t.shape.seq_len for t in suite}

@@ -69,6 +69,9 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         ("more queries than keys", sized(small, 300, min(97, top.kv_seq_len // 2 + 1)), "normal", None),
         ("target lengths minus a few", sized(small, top.seq_len - 3, top.kv_seq_len - 5), "normal", None),
         ("explicit scale", sized(small, 130, 190), "normal", 0.3),
+        # a negative scale makes the smallest score the row's largest: a kernel's positive-scale shortcut must not
+        # be taken for it
+        ("negative scale", sized(small, 65, 80), "normal", -0.3),
         (f"ragged {odd}, large logits", sized(small, odd, odd), "large", None),
         ("ragged 127, adversarial keys", sized(small, 127, 127), "adversarial", None),
     ]
