@@ -60,6 +60,17 @@ def test_good_kernels_are_accepted(verifier, score_file, mask_file, score, mask,
     assert any("interpreter" in note for note in verdict.notes)
 
 
+def test_a_spec_named_by_a_relative_path(specs, monkeypatch):
+    """The library API takes the path as given; the child process runs in its own directory."""
+    from verifier.problem import Problem
+    from verifier.spec import SpecFiles
+    from verifier.verify import Verifier
+
+    monkeypatch.chdir(specs.parent)
+    problem = Problem(SpecFiles(mask_path=f"{specs.name}/causal.py"), SMALL, "bf16", "cpu")
+    assert accepted(Verifier(problem).verify(flash_source(None, "causal")))
+
+
 def test_good_kernel_is_accepted_every_time(verifier):
     """No false alarms: the same correct kernel, judged again and again, with a different block size."""
     v = verifier("causal")

@@ -133,7 +133,8 @@ class Verifier:
         return stages, metrics
 
     def _start(self, kernel: Path, facts: SourceFacts, workdir: Path, timed: bool) -> Child:
-        job = {"kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec), "device": self.problem.device,
+        spec_files = {k: str(Path(v).resolve()) if v else v for k, v in asdict(self.problem.spec).items()}
+        job = {"kernel": str(kernel.resolve()), "spec": spec_files, "device": self.problem.device,  # child: another cwd
                "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()), "jit_functions": facts.jit_functions,
                "trials": [t.to_dict() for t in self.suite], "then_time": timed,
                "shape": asdict(self.problem.shape), "seeds": list(TIMING_SEEDS)}
