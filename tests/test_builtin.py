@@ -222,6 +222,24 @@ def test_the_gluon_kernel_is_searched_on_hopper_for_specs_it_can_express(specs):
         render_kernel(causal.name, lower_spec(causal), KernelConfig(128, 64, 4, 3, gluon=True))
 
 
+@pytest.mark.parametrize("name", ["noop", "softcap"])
+def test_the_gluon_kernel_runs_the_softmax_the_interpreter_tests(specs, name):
+    """Gluon has no CPU interpreter, so its softmax step is the Triton function every template shares: what the
+    CPU suite (negative scales, ragged lengths, masked rows) checks in the Triton kernel is what the GPU runs."""
+    import re
+
+    spec = load_spec(SpecFiles(str(specs / f"{name}.py")))
+    lowered = lower_spec(spec)
+    gluon = render_kernel(spec.name, lowered, KernelConfig(128, 64, 4, 4, gluon=True))
+    triton_kernel = render_kernel(spec.name, lowered, CONFIG)
+
+    def helper(source):
+        return re.search(r"@triton.jit\ndef _online_softmax\(.*?\n    return [^\n]*\n", source, re.S).group(0)
+
+    assert helper(gluon) == helper(triton_kernel)
+    assert "= _online_softmax(" in gluon.split("def _softmax_step(")[1].split("\ndef ")[0]
+    assert "gl.exp2" not in gluon and "gl.max(" not in gluon  # no second softmax beside it
+
 def test_the_config_search_refines_its_fastest_first_config_until_nothing_new_is_left():
     first = [KernelConfig(128, 128, 8, 3, tma=True), KernelConfig(64, 64, 4, 3, tma=True)]
     search = ConfigSearch(list(first + first[:1]))  # a repeated config is tried once
