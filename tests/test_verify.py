@@ -269,6 +269,9 @@ def test_suite_covers_what_the_issue_asks(target, interpreted):
     for t in suite:
         assert t.shape.seq_len <= top.seq_len and t.shape.kv_seq_len <= top.kv_seq_len
     lengths = {t.shape.seq_len for t in suite}
+    if top.kv_seq_len > 1:  # decoding: a single query over many keys
+        assert any(t.shape.seq_len == 1 and t.shape.kv_seq_len == min(top.kv_seq_len, 100 if interpreted else 1000)
+                   for t in suite)
     assert 1 in lengths and (17 in lengths or top.seq_len < 17)
     if top.seq_len > 4:
         assert any(t.shape.seq_len < t.shape.kv_seq_len for t in suite)

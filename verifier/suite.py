@@ -61,6 +61,7 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         ("target, large logits", top, "large", None),
         ("target, adversarial keys", top, "adversarial", None),
         ("one query, one key", sized(small, 1, 1), "normal", None),
+        ("decode: one query, many keys", sized(small, 1, odd), "normal", None),
         ("ragged 17", sized(small, 17, 17), "normal", None),
         ("ragged 127", sized(small, 127, 127), "normal", None),
         (f"ragged {odd}", sized(small, odd, odd), "normal", None),
