@@ -68,7 +68,9 @@ def test_a_spec_named_by_a_relative_path(specs, monkeypatch):
 
     monkeypatch.chdir(specs.parent)
     problem = Problem(SpecFiles(mask_path=f"{specs.name}/causal.py"), SMALL, "bf16", "cpu")
-    assert accepted(Verifier(problem).verify(flash_source(None, "causal")))
+    verifier = Verifier(problem)
+    assert verifier.problem.spec.paths == [str((specs / "causal.py").resolve())]  # what every child is handed
+    assert accepted(verifier.verify(flash_source(None, "causal")))
 
 
 def test_good_kernel_is_accepted_every_time(verifier):

@@ -46,6 +46,10 @@ class SpecFiles:
         stems = [Path(p).stem for p in self.paths]
         return "+".join(stems) if stems else "noop"
 
+    def resolved(self) -> "SpecFiles":
+        """The same files by absolute path, for child processes that run in their own directories."""
+        return SpecFiles(*(str(Path(p).resolve()) if p else None for p in (self.score_path, self.mask_path)))
+
 
 @dataclass
 class Spec:

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from verifier import numerics, probes
@@ -46,9 +46,10 @@ class VerifyOptions:
 
 class Verifier:
     def __init__(self, problem: Problem, options: VerifyOptions | None = None, spec: Spec | None = None):
-        self.problem = problem.validate()
+        # by absolute path: the verifier's and the baseline's child processes run in their own directories
+        self.problem = replace(problem.validate(), spec=problem.spec.resolved())
         self.options = options or VerifyOptions()
-        self.spec = spec or load_spec(problem.spec)
+        self.spec = spec or load_spec(self.problem.spec)
         validate_on_shape(self.spec, problem.shape)
         self.interpreted = problem.device == "cpu"
         self.run_dtype = "fp16" if self.interpreted and problem.dtype == "bf16" else problem.dtype
@@ -133,8 +134,7 @@ class Verifier:
         return stages, metrics
 
     def _start(self, kernel: Path, facts: SourceFacts, workdir: Path, timed: bool) -> Child:
-        spec_files = {k: str(Path(v).resolve()) if v else v for k, v in asdict(self.problem.spec).items()}
-        job = {"kernel": str(kernel.resolve()), "spec": spec_files, "device": self.problem.device,  # child: another cwd
+        job = {"kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec), "device": self.problem.device,
                "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()), "jit_functions": facts.jit_functions,
                "trials": [t.to_dict() for t in self.suite], "then_time": timed,
                "shape": asdict(self.problem.shape), "seeds": list(TIMING_SEEDS)}
