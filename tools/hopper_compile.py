@@ -1,8 +1,8 @@
 """Compile a built-in kernel for Hopper (sm_90) on any machine, no GPU needed, and report what the GPU would get.
 
 Triton compiles for a named target without a device, and ships ptxas and cuobjdump, so the register count,
-spills, shared memory (against the 227 KB a block may have) and the tensor-core instructions of a config can be
-read here before any GPU time is spent. Two configs that compile to the same SASS get the same `sass_sha`.
+spills, shared memory (against the 227 KB a block may have), the tensor-core instructions of a config and whether
+ptxas had to serialize them can be read here before any GPU time is spent. Two configs that compile to the same SASS get the same `sass_sha`.
 
     python tools/hopper_compile.py --spec examples/specs/causal.py --config "BM128 BN128 w8 s3 tma"
 """
@@ -62,7 +62,23 @@ def compile_kernel(kernel, signature: dict, constants: dict, options: dict) -> d
                                                                   constexprs=constants)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     return {"shared_bytes": compiled.metadata.shared, "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT,
-            **_sass_facts(compiled.asm["cubin"])}
+            **_sass_facts(compiled.asm["cubin"]), **_ptxas_facts(compiled.asm["ptx"])}
+
+
+def _ptxas_facts(ptx: str) -> dict:
+    """What ptxas says of the PTX that Triton does not pass on: above all, whether it serialized the wgmmas (each
+    one waited for before the next is issued, C7511/C7512 "Potential Performance Loss"), which it does when the
+    matmuls in flight need more registers than it can give them. The SASS then still has its tensor-core
+    instructions, so only this message tells a serialized kernel from a pipelined one."""
+    target = re.search(r"^\.target\s+(\w+)", ptx, re.MULTILINE)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "kernel.ptx"
+        source.write_text(ptx)
+        run = subprocess.run([str(BIN / "ptxas"), f"-arch={target.group(1) if target else 'sm_90a'}", "-v",
+                              str(source), "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True)
+    messages = [line.split("ptxas info    :", 1)[-1].strip() for line in (run.stdout + run.stderr).splitlines()
+                if "Performance Loss" in line]
+    return {"wgmma_serialized": any("serialized" in m for m in messages), "ptxas_performance_warnings": messages}
 
 
 def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv: bool) -> dict:
