@@ -286,6 +286,8 @@ def print_verdict(verdict, problem) -> None:
 
 
 def metric_lines(m) -> list[str]:
+    from verifier.compiled import describe as describe_compiled
+
     lines = []
     if m.max_error is not None:
         lines.append(f"max error {m.max_error:.3g} ({m.error_budget_used:.0%} of tolerance)")
@@ -298,6 +300,7 @@ def metric_lines(m) -> list[str]:
         lines.append(f"{m.launches_per_call} kernel launch(es) per call ({', '.join(m.launch_names)})"
                      + (f", {m.one_time_launches} more on the first call" if m.one_time_launches else ""))
         lines.append(f"{(m.extra_memory_bytes or 0) / 2**20:.2f} MiB allocated during a call beyond the output")
+        lines += [f"compiled {describe_compiled(k)}" for k in m.compiled]
     if m.mask_density is not None and m.mask_density < 1:
         lines.append(f"mask keeps {m.mask_density:.1%} of the scores")
     return lines

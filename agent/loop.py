@@ -18,6 +18,7 @@ from agent.llm import ConfigError, LLMError
 from agent.proposers import Proposer, SearchContext
 from agent.records import ACCEPTED, CANCELLED, FAILED, NO_KERNEL, REJECTED, Attempt, Candidate, RunRecord, describe_speed
 from agent.rundir import RunDir, utc_now
+from verifier.compiled import describe as describe_compiled
 from verifier.verify import Cancelled, Verifier
 
 MAX_PROPOSER_FAILURES = 3  # consecutive model failures (after the client's own retries) end a lineage
@@ -221,6 +222,7 @@ def best_header(run_id: str, verifier: Verifier, attempt: Attempt) -> str:
     if m.launches_per_call is not None:
         lines.append(f"{m.launches_per_call} kernel launch(es) per call; "
                      f"{(m.extra_memory_bytes or 0) / 2**20:.2f} MiB extra memory per call")
+        lines += [f"compiled {describe_compiled(k)}" for k in m.compiled]
     lines += [f"max error {m.max_error:.3g} over the verifier's suite" if m.max_error is not None else "",
               "contract: attention(q, k, v, *, scale=None, **buffers) -> o"]
     return "".join(f"# {line}\n" for line in lines if line)

@@ -46,6 +46,9 @@ def test_good_kernel_is_accepted_and_timed(gpu_verifier, spec, score, mask):
     m = verdict.metrics
     assert m.ms > 0 and m.tflops > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")
     assert m.extra_memory_bytes < shape.batch * shape.heads * shape.seq_len * shape.head_dim * 2  # < the output
+    [kernel] = [k for k in m.compiled if k["name"] == "_attn_fwd"]  # the compiler report, as loaded on the GPU
+    assert 0 < kernel["registers"] <= 255 and kernel["spills"] >= 0 and kernel["shared_bytes"] > 0
+    assert kernel["variants"] >= 2  # the suite's ragged and whole key lengths, fp16 as well as bf16
 
 
 def test_good_kernel_is_accepted_every_time(gpu_verifier):
@@ -113,3 +116,6 @@ def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     m = verdict.metrics
     assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")
+    [kernel] = [k for k in m.compiled if k["name"] == "_attn_fwd"]
+    # 12 warps: the loader's warpgroup and two consumer warpgroups
+    assert kernel["spills"] == 0 and kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False

@@ -83,3 +83,24 @@ def test_a_format_error_is_passed_on_verbatim(context):
 def test_a_missing_variable_fails_loudly():
     with pytest.raises(jinja2.UndefinedError):
         prompts.render("first", spec_source="x")
+
+
+def compiled(spills: int, serialized: bool) -> dict:
+    warnings = ["(C7511) Potential Performance Loss: wgmma.mma_async instructions are serialized due to insufficient "
+                "register resources for the wgmma pipeline in the function '_attn_fwd'"] if serialized else []
+    return {"name": "_attn_fwd", "registers": 255 if spills else 168, "spills": spills, "shared_bytes": 164160,
+            "num_warps": 4, "wgmma_serialized": serialized, "ptxas_warnings": warnings}
+
+
+def test_feedback_says_what_the_compiler_did_wrong(context):
+    """Spilled registers and serialized wgmmas (from the verifier's compiler report) reach the model, with what to
+    change; a clean report adds nothing."""
+    verdict = accepted_verdict()
+    verdict.metrics.compiled = [compiled(96, True)]
+    text = " ".join(feedback_prompt(attempt(2, ACCEPTED, verdict), [], context).split())
+    assert "`_attn_fwd` spills 96 bytes of registers to local memory (255 registers a thread, 4 warps)" in text
+    assert "ptxas serialized the wgmma instructions of `_attn_fwd` ((C7511)" in text and "one loop iteration" in text
+    clean = accepted_verdict()
+    clean.metrics.compiled = [compiled(0, False)]
+    text = feedback_prompt(attempt(2, ACCEPTED, clean), [], context)
+    assert "spills" not in text and "serialized" not in text

@@ -29,6 +29,7 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
+from verifier.compiled import kernel_facts  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
@@ -40,11 +41,17 @@ TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float
 def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
                     even_kv: bool = True, runs: bool = True) -> dict:
     """Render the built-in kernel for `cfg` and compile its attention kernel for sm_90; report the result."""
+    return {"config": cfg.label(), **facts(compiled_builtin(spec_path, cfg, head_dim, dtype, even_kv, runs))}
+
+
+def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
+                     even_kv: bool = True, runs: bool = True):
+    """The built-in kernel's `_attn_fwd` for `cfg`, compiled for sm_90 (a Triton CompiledKernel, not loaded)."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
     module = load_module(source, Path(tempfile.gettempdir()))
     if cfg.gluon:
-        return {"config": cfg.label(), **_compile_gluon(module, cfg, head_dim, dtype, even_kv)}
+        return _compile_gluon(module, cfg, head_dim, dtype, even_kv)
     kernel = module._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
@@ -52,36 +59,26 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
                      EVEN_KV=even_kv)
     if spec.mask_mod:
         constants.update(FULL_RUNS=runs, PART_RUNS=runs)
-    return {"config": cfg.label(), **compile_kernel(kernel, signature, constants, options=dict(
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages))}
+    return compile_for_hopper(kernel, signature, constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
-def compile_kernel(kernel, signature: dict, constants: dict, options: dict) -> dict:
-    """Compile one @triton.jit or Gluon @gluon.jit kernel for sm_90 and report shared memory and SASS facts."""
+def compile_for_hopper(kernel, signature: dict, constants: dict, options: dict):
+    """Compile one @triton.jit or Gluon @gluon.jit kernel for sm_90."""
     source = (GluonASTSource if kernel.is_gluon() else ASTSource)(fn=kernel, signature=signature,
                                                                   constexprs=constants)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def facts(compiled) -> dict:
+    """Shared memory, the SASS facts, and whether ptxas serialized the wgmmas: what the verifier reports of a
+    candidate's kernels on a GPU (registers and spills come from the SASS here, since nothing is loaded)."""
+    ptxas = kernel_facts(compiled.name, compiled)
     return {"shared_bytes": compiled.metadata.shared, "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT,
-            **_sass_facts(compiled.asm["cubin"]), **_ptxas_facts(compiled.asm["ptx"])}
+            **_sass_facts(compiled.asm["cubin"]), "wgmma_serialized": ptxas["wgmma_serialized"],
+            "ptxas_warnings": ptxas["ptxas_warnings"]}
 
 
-def _ptxas_facts(ptx: str) -> dict:
-    """What ptxas says of the PTX that Triton does not pass on: above all, whether it serialized the wgmmas (each
-    one waited for before the next is issued, C7511/C7512 "Potential Performance Loss"), which it does when the
-    matmuls in flight need more registers than it can give them. The SASS then still has its tensor-core
-    instructions, so only this message tells a serialized kernel from a pipelined one."""
-    target = re.search(r"^\.target\s+(\w+)", ptx, re.MULTILINE)
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "kernel.ptx"
-        source.write_text(ptx)
-        run = subprocess.run([str(BIN / "ptxas"), f"-arch={target.group(1) if target else 'sm_90a'}", "-v",
-                              str(source), "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True)
-    messages = [line.split("ptxas info    :", 1)[-1].strip() for line in (run.stdout + run.stderr).splitlines()
-                if "Performance Loss" in line]
-    return {"wgmma_serialized": any("serialized" in m for m in messages), "ptxas_performance_warnings": messages}
-
-
-def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv: bool) -> dict:
+def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv: bool):
     """The Gluon kernel's `_attn_fwd`, its descriptor types taken from descriptors over a CPU tensor."""
     import torch
     from triton.runtime.jit import mangle_type
@@ -92,7 +89,7 @@ def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv
     constants = dict(BMH=cfg.block_m // 2, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
                      SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS)
     signature.update({name: "constexpr" for name in constants})
-    return compile_kernel(module._attn_fwd, signature, constants, options=dict(num_warps=cfg.num_warps))
+    return compile_for_hopper(module._attn_fwd, signature, constants, dict(num_warps=cfg.num_warps))
 
 
 def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:

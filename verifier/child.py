@@ -282,9 +282,22 @@ def run_time(job: dict, channel: Channel, fn, buffers) -> None:
         path = Path(job["out_dir"]) / f"timed_{i}.pt"
         torch.save(out.detach().to("cpu", copy=True), path)
         paths.append(str(path))
+    channel.phase("what the compiler made of the kernels", limit="compile")
     channel.record({"timing": result.to_dict(), "first_call": first, "steady_call": steady,
                     "extra_bytes": max(0, extra), "outputs": paths, "gpu": torch.cuda.get_device_name(),
-                    "reused_outputs": len(reused), "timed_versions": inputs.versions()})
+                    "reused_outputs": len(reused), "timed_versions": inputs.versions(),
+                    "compiled": compiler_report()})
+
+
+def compiler_report() -> list[dict]:
+    """Registers, spills and ptxas's warnings for each kernel the candidate compiled: facts for the report and
+    the model, never grounds for a verdict (the objects are the candidate's, so they may say anything)."""
+    from verifier.compiled import compiled_kernels
+
+    try:
+        return compiled_kernels(sys.modules["candidate_kernel"])
+    except Exception as e:  # noqa: BLE001 - a report that cannot be made is said so, and the timing stands
+        return [{"error": f"{type(e).__name__}: {str(e)[:200]}"}]
 
 
 # ------------------------------------------------------------------------------------------------------- main

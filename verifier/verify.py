@@ -261,6 +261,7 @@ def _fill_metrics(metrics: Metrics, record: dict, flops: float, baseline: Baseli
     metrics.launch_names = [k["name"][:80] for k in steady]
     metrics.one_time_launches = max(0, len(record["first_call"].get("kernels", [])) - len(steady))
     metrics.extra_memory_bytes = record["extra_bytes"]
+    metrics.compiled = record.get("compiled", [])
     if baseline is not None:
         metrics.flex_ms, metrics.sdpa_ms, metrics.peak_tflops = baseline.flex_ms, baseline.sdpa_ms, baseline.peak_tflops
         if baseline.flex_ms:

@@ -1,0 +1,78 @@
+"""The compiler report (verifier/compiled.py): what the verifier says of a candidate's compiled kernels."""
+from __future__ import annotations
+
+import importlib.util
+
+from cli import metric_lines
+from verifier.compiled import compiled_kernels, describe
+from verifier.verdict import Metrics
+
+
+def facts(**changes) -> dict:
+    return {"name": "_attn_fwd", "variants": 1, "registers": 168, "spills": 0, "shared_bytes": 164160, "num_warps": 4,
+            "wgmma_serialized": False, "ptxas_warnings": [], **changes}
+
+
+def test_a_clean_kernel_is_one_plain_line():
+    assert describe(facts()) == "_attn_fwd: 168 registers a thread, no spills, 160 KiB shared memory"
+
+
+def test_spills_and_serialized_matmuls_are_said():
+    line = describe(facts(registers=255, spills=96, wgmma_serialized=True))
+    assert "255 registers a thread, 96 bytes spilled to local memory" in line
+    assert "ptxas serialized its wgmmas" in line
+    assert describe({"error": "KeyError: 0"}) == "no compiler report (KeyError: 0)"
+
+
+def test_the_verify_report_lists_each_compiled_kernel():
+    """What `kgen verify` prints for an accepted, timed kernel (a mask spec compiles its block map too)."""
+    m = Metrics(max_error=0.01, error_budget_used=0.1, ms=1.0, ms_min=0.9, ms_spread=0.02, tflops=500.0,
+                launches_per_call=1, launch_names=["_attn_fwd"], extra_memory_bytes=0,
+                compiled=[facts(name="_block_map", registers=40, shared_bytes=0), facts()])
+    lines = metric_lines(m)
+    assert "compiled _block_map: 40 registers a thread, no spills, 0 KiB shared memory" in lines
+    assert lines[-1] == "compiled _attn_fwd: 168 registers a thread, no spills, 160 KiB shared memory"
+    m.compiled[1]["variants"] = 4
+    assert metric_lines(m)[-1].startswith("compiled _attn_fwd (4 variants): 168 registers")
+
+
+def test_an_interpreted_run_has_no_compiled_kernels(tmp_path, monkeypatch):
+    """Under the CPU interpreter nothing is compiled, so the report is empty rather than made up."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when @triton.jit runs, at the module's import
+    path = tmp_path / "k.py"
+    path.write_text("import triton\nimport triton.language as tl\n\n\n@triton.jit\ndef _k(X):\n"
+                    "    tl.store(X, tl.load(X) + 1)\n")
+    spec = importlib.util.spec_from_file_location("k", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+    x = torch.zeros(1)
+    module._k[(1,)](x)
+    assert x.item() == 1 and compiled_kernels(module) == []
+
+
+def test_the_variants_of_a_kernel_are_merged_and_a_serialized_one_shows(specs):
+    """Two real sm_90 compiles of `_attn_fwd` (the Gluon kernel at 64- and at 128-key blocks; ptxas serializes the
+    wgmmas of the second), kept the way Triton keeps a launched @jit function's variants, make one entry: the
+    most shared memory either needs, and ptxas's message."""
+    import sys
+    import types
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from hopper_compile import compiled_builtin
+
+    from agent.builtin.template import KernelConfig
+
+    small, large = (compiled_builtin(str(specs / "noop.py"), KernelConfig(128, n, 4, s, gluon=True), head_dim=128)
+                    for n, s in ((64, 4), (128, 2)))
+
+    class Launched:  # a @jit function's per-device caches: (compiled kernels by key, and what binds arguments)
+        device_caches = {0: ({"64-key blocks": small, "128-key blocks": large}, None, None, None, None)}
+
+    [kernel] = compiled_kernels(types.SimpleNamespace(_attn_fwd=Launched(), SCALE=2.0))
+    assert kernel["name"] == "_attn_fwd" and kernel["variants"] == 2
+    assert kernel["shared_bytes"] == max(small.metadata.shared, large.metadata.shared)
+    assert kernel["wgmma_serialized"] is True and any("C751" in w for w in kernel["ptxas_warnings"])
+    assert kernel["registers"] is None  # known once loaded on a GPU; the CPU compile loads nothing
+    assert describe(kernel).startswith("_attn_fwd (2 variants): 160 KiB shared memory, ptxas serialized its wgmmas")
