@@ -2,7 +2,8 @@
 
 For every spec and shape: kgen's built-in proposer searches its configs exactly as `kgen attention` does
 (every config checked against the float64 reference on the target inputs, timed with the verifier's own
-timing: CUDA events on a non-default stream, L2 flushed, inputs rotated); FlexAttention is timed with
+timing: CUDA events on a non-default stream, L2 flushed, inputs rotated; 0.1 s a config, then 1 s for each config
+within 5% of the fastest, the fastest of those being the row's figure); FlexAttention is timed with
 torch.compile in the default mode and in max-autotune-no-cudagraphs; SDPA where the spec is plain or
 causal. TFLOP/s count unmasked work only. Results stream to a JSON file row by row.
 
@@ -59,6 +60,7 @@ class Row:
     kgen_error_ratio: float | None = None  # worst error / tolerance on the target inputs (<= 1 is correct)
     configs_tried: int = 0
     config_ms: dict = field(default_factory=dict)  # config label -> ms, every config timed
+    final_ms: dict = field(default_factory=dict)  # config label -> ms over 1 s, for the search's close contenders
     first_call_s: dict = field(default_factory=dict)  # config label -> seconds of its first call (compile or cache)
     flex_ms: dict = field(default_factory=dict)  # mode -> ms
     sdpa_ms: float | None = None
@@ -163,7 +165,11 @@ def _checker(spec, shape: Shape, inputs, buffers):
     return check
 
 
-SEARCH_TIMING_S = 0.1  # per config while searching; the winner is then timed like the baselines (1 s)
+SEARCH_TIMING_S = 0.1  # per config while searching; the close contenders are then timed like the baselines (1 s)
+# Short timings rank configs within a few percent of each other unreliably (a sustained second runs power-limited,
+# and slows some kernels more than others), so every config this close to the search's fastest is timed again for
+# 1 s, as the baselines are and as `kgen attention`'s verifier times each config, and the fastest then is the row's.
+FINAL_ROUND_WITHIN, FINAL_ROUND_AT_MOST = 0.05, 3
 # Every timing here is of trusted code (kgen's own template, flex, SDPA): the verifier's wall-clock cross-check,
 # which catches work hidden from CUDA events, is skipped to keep the whole table within one device call.
 TIMING = dict(wall=False)
@@ -174,7 +180,7 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
     lowered = lower_spec(spec)
     search = ConfigSearch(list(configs or first_configs(lowered, shape.head_dim, interpreted=False)),
                           refine=configs is None, fits=shared_memory_check(shape.head_dim))
-    best = None
+    timed = []  # (ms, config, attention, error ratio) of every config that passed and was timed
     while (cfg := search.next()) is not None:
         ms = None
         try:
@@ -195,13 +201,16 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
         if ms is None:
             continue
         row.config_ms[cfg.label()] = ms
-        if best is None or ms < best[0]:
-            best = (ms, cfg, fn, ratio)
+        timed.append((ms, cfg, fn, ratio))
     row.configs_tried = len(search.tried)
-    if best is not None:
-        _, cfg, fn, row.kgen_error_ratio = best
-        row.kgen_config = cfg.label()
-        row.kgen_ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), **TIMING).ms
+    if not timed:
+        return
+    timed.sort(key=lambda t: t[0])
+    contenders = [t for t in timed if t[0] <= timed[0][0] * (1 + FINAL_ROUND_WITHIN)][:FINAL_ROUND_AT_MOST]
+    for _, cfg, fn, _ in contenders:
+        row.final_ms[cfg.label()] = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), **TIMING).ms
+    _, cfg, _, row.kgen_error_ratio = min(contenders, key=lambda t: row.final_ms[t[1].label()])
+    row.kgen_config, row.kgen_ms = cfg.label(), row.final_ms[cfg.label()]
 
 
 def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
@@ -311,8 +320,9 @@ def main() -> int:
                     if grid:
                         for label, ms in sorted(row.config_ms.items(), key=lambda t: t[1]):
                             print(f"    {label:<28} {ms:.4f} ms  {tflops(row, shape, ms):.0f} TFLOP/s")
+                    final = ", ".join(f"{label} {ms:.4f}" for label, ms in row.final_ms.items())
                     print(f"[{row.seconds:5.1f}s {row.phase_seconds}] {row.spec} {row.shape}: kgen {row.kgen_ms} ms "
-                          f"({row.kgen_config}), flex {row.flex_ms}, sdpa {row.sdpa_ms}"
+                          f"({row.kgen_config}; over 1 s: {final}), flex {row.flex_ms}, sdpa {row.sdpa_ms}"
                           + (f"; errors: {row.errors}" if row.errors else ""), flush=True)
                     Path(args.out).write_text(json.dumps(
                         {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
