@@ -51,6 +51,15 @@ def test_good_kernel_is_accepted_and_timed(gpu_verifier, spec, score, mask):
     assert kernel["variants"] >= 2  # the suite's ragged and whole key lengths, fp16 as well as bf16
 
 
+def test_the_report_counts_spilled_registers(gpu_verifier):
+    """128x128 tiles with 4 warps do not fit the registers (sm_90 compile on the CPU: 255 a thread, 370 spill
+    instructions): the kernel is correct and accepted, and the compiler report says how much spilled."""
+    verdict = gpu_verifier().verify(flash_source(bm=128, bn=128))
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
+    assert kernel["registers"] == 255 and kernel["spills"] > 0
+
+
 def test_good_kernel_is_accepted_every_time(gpu_verifier):
     v = gpu_verifier("causal")
     for _ in range(3):
