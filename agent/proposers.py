@@ -19,6 +19,7 @@ from agent.builtin.template import KernelConfig, gluon_fits, render_kernel
 from agent.extract import FormatError, extract_kernel
 from agent.llm import ChatClient
 from agent.records import ACCEPTED, NO_KERNEL, Attempt, Candidate, describe_speed
+from verifier.compiled import describe as describe_compiled
 from verifier.problem import Problem
 from verifier.spec import Spec
 from verifier.verdict import REASONS
@@ -232,7 +233,8 @@ def first_prompt(context: SearchContext) -> str:
     problem, spec, best = context.problem, context.spec, context.best
     seed = None
     if best is not None:
-        seed = {"kernel": best.candidate.source, "summary": f"{describe_speed(best.verdict)} ({best.candidate.label})"}
+        seed = {"kernel": best.candidate.source, "summary": f"{describe_speed(best.verdict)} ({best.candidate.label})",
+                "compiled": [describe_compiled(k) for k in best.verdict.metrics.compiled]}
     buffers = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                for n, t in spec.buffers.items()]
     return prompts.render("first", spec_source=spec.source, buffers=buffers, shape=problem.shape, dtype=problem.dtype,

@@ -47,6 +47,15 @@ def test_first_prompt_carries_spec_shape_buffers_and_seed(context):
     assert "The kernel to beat" not in text
     seeded = first_prompt(SearchContext(**{**context.__dict__, "best": attempt(3, ACCEPTED, accepted_verdict())}))
     assert "The kernel to beat" in seeded and "412.0 TFLOP/s" in seeded and "lineage 1 round 1" in seeded
+    assert "Compiled:" not in seeded  # no compiler report (a CPU run): nothing said
+
+
+def test_the_seed_comes_with_what_the_compiler_made_of_it(context):
+    """The kernel to beat, as the model first sees it, carries its compiler report (where its registers went)."""
+    verdict = accepted_verdict()
+    verdict.metrics.compiled = [compiled(0, False)]
+    text = first_prompt(SearchContext(**{**context.__dict__, "best": attempt(3, ACCEPTED, verdict)}))
+    assert "Compiled: _attn_fwd: 168 registers a thread, no spills, 160 KiB shared memory." in text
 
 
 def test_feedback_on_a_rejection_carries_the_report_and_advice(context):
