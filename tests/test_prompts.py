@@ -110,6 +110,6 @@ def test_feedback_says_what_the_compiler_did_wrong(context):
     assert "`_attn_fwd` spills 96 bytes of registers to local memory (255 registers a thread, 4 warps)" in text
     assert "ptxas serialized the wgmma instructions of `_attn_fwd` ((C7511)" in text and "one loop iteration" in text
     clean = accepted_verdict()
-    clean.metrics.compiled = [compiled(0, False)]
+    clean.metrics.compiled = [compiled(0, False), {"error": "KeyError: 0"}]  # a report that could not be made
     text = feedback_prompt(attempt(2, ACCEPTED, clean), [], context)
     assert "spills" not in text and "serialized" not in text
