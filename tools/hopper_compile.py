@@ -2,7 +2,8 @@
 
 Triton compiles for a named target without a device, and ships ptxas and cuobjdump, so the register count,
 spills, shared memory (against the 227 KB a block may have), the tensor-core instructions of a config and whether
-ptxas had to serialize them can be read here before any GPU time is spent. Two configs that compile to the same SASS get the same `sass_sha`.
+ptxas had to serialize them can be read here before any GPU time is spent. Two configs that compile to the same
+SASS get the same `sass_sha`.
 
     python tools/hopper_compile.py --spec examples/specs/causal.py --config "BM128 BN128 w8 s3 tma"
 """

@@ -162,10 +162,11 @@ class _Scanner(ast.NodeVisitor):
     def visit_ImportFrom(self, node: ast.ImportFrom):
         module = node.module or ""
         self._check_module(module, node)
-        for _, full in _bindings(node):
+        bound = _bindings(node)
+        for _, full in bound:
             self._check_dotted(full, node)
             self._check_reached_module(full, node)
-        self.aliases.update(_bindings(node))
+        self.aliases.update(bound)
 
     def _check_module(self, module: str, node: ast.AST) -> None:
         root = module.split(".")[0]
