@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -212,7 +213,8 @@ def test_the_gluon_kernel_is_searched_on_hopper_for_specs_it_can_express(specs):
             for name in ("noop", "rel_pos", "alibi", "softcap", "causal", "key_padding")}
     assert fits == {"noop": True, "rel_pos": True, "alibi": True, "softcap": True, "causal": False,
                     "key_padding": False}
-    assert search_space(128, interpreted=False, hopper=True, gluon=True)[0].gluon
+    first, second = search_space(128, interpreted=False, hopper=True, gluon=True)[:2]
+    assert first.gluon and first.persistent and second == replace(first, persistent=False)  # both forms timed
     for args in [(128, False, True, False), (128, False, False, True), (128, True, True, True),
                  (96, False, True, True), (64, False, True, True)]:
         assert not any(c.gluon for c in search_space(*args))
@@ -220,6 +222,18 @@ def test_the_gluon_kernel_is_searched_on_hopper_for_specs_it_can_express(specs):
     causal = load_spec(SpecFiles(str(specs / "causal.py")))
     with pytest.raises(ValueError, match="no mask_mod"):
         render_kernel(causal.name, lower_spec(causal), KernelConfig(128, 64, 4, 3, gluon=True))
+    with pytest.raises(ValueError, match="only the Gluon kernel"):
+        render_kernel(causal.name, lower_spec(causal), KernelConfig(128, 64, 8, 3, tma=True, persistent=True))
+
+
+def test_the_persistent_gluon_kernel_differs_only_in_its_launch(specs):
+    """One kernel, two launches: a program per query tile, or one per SM looping over tiles (what the search
+    times both ways); the kernel code is the same, so every compile-time check covers both."""
+    spec = load_spec(SpecFiles(str(specs / "rel_pos.py")))
+    configs = [KernelConfig(128, 64, 4, 4, gluon=True, persistent=p) for p in (False, True)]
+    per_tile, persistent = (render_kernel(spec.name, lower_spec(spec), cfg).split("\nPERSISTENT = ") for cfg in configs)
+    assert per_tile[1].startswith("False") and persistent[1].startswith("True")
+    assert per_tile[1].split("\n", 1)[1] == persistent[1].split("\n", 1)[1]  # all that follows the flag
 
 
 @pytest.mark.parametrize("name", ["noop", "softcap"])
@@ -266,7 +280,8 @@ def test_refinements_move_the_stages_of_the_fastest_config_only():
 
 def test_config_labels_read_back():
     """The benchmark's --configs takes the labels that reports print."""
-    for cfg in (KernelConfig(64, 128, 4, 2, tma=True), KernelConfig(128, 64, 8, 3), KernelConfig(32, 32, 4, 1)):
+    for cfg in (KernelConfig(64, 128, 4, 2, tma=True), KernelConfig(128, 64, 8, 3), KernelConfig(32, 32, 4, 1),
+                KernelConfig(128, 64, 4, 4, gluon=True, persistent=True)):
         assert KernelConfig.from_label(cfg.label()) == cfg
     with pytest.raises(ValueError, match="not a config label"):
         KernelConfig.from_label("BM64 BN64 w4")

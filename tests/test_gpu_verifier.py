@@ -118,10 +118,12 @@ def test_honest_timing_is_below_the_measured_peak(gpu_verifier):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="a Hopper kernel (wgmma, TMA)")
-@pytest.mark.parametrize("spec", ["noop", "softcap"])
-def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs, spec):
-    """The warp-specialized Gluon kernel (agent/builtin/gluon.py.j2): every trial, one launch, timed."""
-    verdict = gpu_verifier(spec, require_single_kernel=True).verify(gluon_source(str(specs / f"{spec}.py")))
+@pytest.mark.parametrize("spec, persistent", [("noop", False), ("softcap", False), ("noop", True)])
+def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs, spec, persistent):
+    """The warp-specialized Gluon kernel (agent/builtin/gluon.py.j2), with a program per tile or one per SM: every
+    trial, one launch, timed."""
+    source = gluon_source(str(specs / f"{spec}.py"), persistent=persistent)
+    verdict = gpu_verifier(spec, require_single_kernel=True).verify(source)
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     m = verdict.metrics
     assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")

@@ -86,7 +86,7 @@ def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv
     t = torch.empty(1, 1, 256, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     descs = [module._descriptor(t, rows) for rows in (cfg.block_m // 2, cfg.block_n, cfg.block_n, cfg.block_m // 2)]
     signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)), H="i32", GROUP="i32",
-                     SQ="i32", SKV="i32", qk_scale="fp32")
+                     SQ="i32", SKV="i32", n_m="i32", n_tiles="i32", qk_scale="fp32")
     constants = dict(BMH=cfg.block_m // 2, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
                      SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS)
     signature.update({name: "constexpr" for name in constants})

@@ -24,9 +24,12 @@ class KernelConfig:
     # the Gluon kernel (Hopper, no mask_mod, no buffers): a loader warpgroup and two consumer warpgroups of
     # block_m / 2 rows; num_warps is per warpgroup
     gluon: bool = False
+    # Gluon only: one program per SM, each looping over query tiles (the next tile's loads overlap this one's end)
+    persistent: bool = False
 
     def label(self) -> str:
-        extras = " tma" * self.tma + " ws" * self.warp_specialize + " gluon" * self.gluon
+        extras = (" tma" * self.tma + " ws" * self.warp_specialize + " gluon" * self.gluon
+                  + " persistent" * self.persistent)
         return f"BM{self.block_m} BN{self.block_n} w{self.num_warps} s{self.num_stages}{extras}"
 
     def to_dict(self) -> dict:
@@ -35,17 +38,19 @@ class KernelConfig:
     @classmethod
     def from_label(cls, label: str) -> "KernelConfig":
         """The config of a label such as "BM64 BN128 w4 s2 tma" (what label() writes)."""
-        found = re.fullmatch(r"BM(\d+) BN(\d+) w(\d+) s(\d+)((?: tma| ws| gluon)*)", label.strip())
+        found = re.fullmatch(r"BM(\d+) BN(\d+) w(\d+) s(\d+)((?: tma| ws| gluon| persistent)*)", label.strip())
         if not found:
             raise ValueError(f"not a config label: {label!r} (expected e.g. 'BM64 BN128 w4 s2 tma')")
         bm, bn, warps, stages = (int(x) for x in found.groups()[:4])
         return cls(bm, bn, warps, stages, tma=" tma" in found.group(5), warp_specialize=" ws" in found.group(5),
-                   gluon=" gluon" in found.group(5))
+                   gluon=" gluon" in found.group(5), persistent=" persistent" in found.group(5))
 
 
 def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> str:
     mask = lowered.mask
     used = " ".join(f.source for f in (lowered.score, lowered.mask) if f)
+    if cfg.persistent and not cfg.gluon:
+        raise ValueError("only the Gluon kernel has a persistent form")
     if cfg.gluon:
         if not gluon_fits(lowered):
             raise ValueError("the Gluon kernel takes specs with no mask_mod and no captured buffers")
