@@ -71,7 +71,7 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: 
     Hopper also tries the warp-specialized Gluon kernel (a loader and two consumer warpgroups) first at D=128,
     where it beat the Triton kernels by 1-11% on noop, rel_pos and alibi; not at D=64, where it lost by 10-20%.
     It is tried persistent (one program per SM, looping over query tiles: 1-6% faster at 2048 keys) and with one
-    program per tile (level or up to 2.5% faster at 8192 keys), since neither won everywhere."""
+    program per tile (level, or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
     if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows
