@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 
 from cli import metric_lines
-from verifier.compiled import compiled_kernels, describe
+from verifier.compiled import compiled_kernels, describe, kernel_facts, spills_in_matmul_loops
 from verifier.verdict import Metrics
 
 
@@ -22,6 +22,40 @@ def test_spills_and_serialized_matmuls_are_said():
     assert "255 registers a thread, 96 bytes spilled to local memory" in line
     assert "ptxas serialized its wgmmas" in line
     assert describe({"error": "KeyError: 0"}) == "no compiler report (KeyError: 0)"
+
+
+def test_the_report_says_whether_a_spill_is_in_the_matmul_loop():
+    cold = describe(facts(spills=24, loop_spill_instructions=0))
+    assert "24 bytes spilled to local memory (none of it in the matmul loop)" in cold
+    assert "(12 spill instructions in the matmul loop)" in describe(facts(spills=96, loop_spill_instructions=12))
+    assert describe(facts(spills=96, loop_spill_instructions=None)).endswith("96 bytes spilled to local memory, "
+                                                                            "160 KiB shared memory")
+
+
+def listing(*instructions: str) -> str:
+    """A cuobjdump -sass listing of these instructions, 16 bytes apart from address 0."""
+    return "\n".join(f"        /*{16 * i:04x}*/                   {text} ;   /* 0x000fe20000400000 */"
+                     for i, text in enumerate(instructions))
+
+
+def test_spills_count_only_inside_the_innermost_loop_that_issues_matmuls():
+    """An outer loop over tiles reloads a spilled value once a tile: not the matmul loop. A barrier's spin loop holds
+    no matmul: not one either. The key loop (a backward branch around HGMMA) is."""
+    sass = listing(
+        "STL [R1], R2",                       # 0x00: saved before any loop
+        "LDL R3, [R1]",                       # 0x10: tile loop starts here: one reload a tile
+        "SYNCS.PHASECHK.TRANS64 P0, [R4], R5",  # 0x20: spin loop
+        "@!P0 BRA 0x20",                      # 0x30
+        "HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR4], RZ, !UPT",  # 0x40: key loop starts here
+        "LDL R6, [R1+0x8]",                   # 0x50: in the key loop
+        "STL [R1+0x8], R6",                   # 0x60: in the key loop
+        "@P1 BRA 0x40",                       # 0x70: key loop's back edge
+        "@P2 BRA 0x10",                       # 0x80: tile loop's back edge
+        "LDL R7, [R1]",                       # 0x90: after every loop
+        "EXIT")
+    assert spills_in_matmul_loops(sass) == 2
+    assert spills_in_matmul_loops(listing("LDL R3, [R1]", "HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR4], RZ, !UPT",
+                                          "EXIT")) == 0  # no loop at all
 
 
 def test_the_verify_report_lists_each_compiled_kernel():
@@ -75,4 +109,6 @@ def test_the_variants_of_a_kernel_are_merged_and_a_serialized_one_shows(specs):
     assert kernel["shared_bytes"] == max(small.metadata.shared, large.metadata.shared)
     assert kernel["wgmma_serialized"] is True and any("C751" in w for w in kernel["ptxas_warnings"])
     assert kernel["registers"] is None  # known once loaded on a GPU; the CPU compile loads nothing
+    # read from the machine code, which the CPU compile has: the 128-key variant spills in its key loop too
+    assert kernel["loop_spill_instructions"] > 0 and kernel_facts("_attn_fwd", small)["loop_spill_instructions"] == 0
     assert describe(kernel).startswith("_attn_fwd (2 variants): 192 KiB shared memory, ptxas serialized its wgmmas")

@@ -109,6 +109,12 @@ def test_feedback_says_what_the_compiler_did_wrong(context):
     text = " ".join(feedback_prompt(attempt(2, ACCEPTED, verdict), [], context).split())
     assert "`_attn_fwd` spills 96 bytes of registers to local memory (255 registers a thread, 4 warps)" in text
     assert "ptxas serialized the wgmma instructions of `_attn_fwd` ((C7511)" in text and "one loop iteration" in text
+    verdict.metrics.compiled = [dict(compiled(96, False), loop_spill_instructions=40)]
+    text = " ".join(feedback_prompt(attempt(2, ACCEPTED, verdict), [], context).split())
+    assert "4 warps; 40 spill instructions inside the matmul loop, run on every trip): smaller tiles" in text
+    verdict.metrics.compiled = [dict(compiled(24, False), loop_spill_instructions=0)]  # one reload a query tile
+    text = " ".join(feedback_prompt(attempt(2, ACCEPTED, verdict), [], context).split())
+    assert "but none of it inside the matmul loop: that costs little" in text and "smaller tiles" not in text
     clean = accepted_verdict()
     clean.metrics.compiled = [compiled(0, False), {"error": "KeyError: 0"}]  # a report that could not be made
     text = feedback_prompt(attempt(2, ACCEPTED, clean), [], context)

@@ -30,7 +30,7 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
-from verifier.compiled import kernel_facts  # noqa: E402
+from verifier.compiled import kernel_facts, spills_in_matmul_loops  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
@@ -133,6 +133,8 @@ def _sass_facts(cubin: bytes) -> dict:
     registers = re.search(r"REG:(\d+)", usage)
     return {"registers": int(registers.group(1)) if registers else None,
             "spill_instructions": sum(op.split(".")[0] in ("LDL", "STL") for op in opcodes),
+            # of those, the ones inside the matmul (key) loop, run on every trip
+            "matmul_loop_spill_instructions": spills_in_matmul_loops(sass),
             "tensor_core_instructions": sum("GMMA" in op for op in opcodes),
             # matmuls whose left operand comes from registers (P, or Q kept there) rather than shared memory
             "register_operand_wgmmas": sum(bool(re.match(r"HGMMA\.\S+ R\d+, R\d+,", i)) for i in instructions),

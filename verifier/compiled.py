@@ -2,7 +2,9 @@
 
 A kernel can pass every check and still be slow for a reason no timing explains: registers spilled to local
 memory, or wgmma instructions that ptxas serialized (each one waited for before the next is issued). Triton keeps
-the first two on each compiled kernel and drops the third, so ptxas is asked again, on the PTX Triton kept.
+the first two on each compiled kernel and drops the third, so ptxas is asked again, on the PTX Triton kept. Where
+a spill sits matters as much as its size: one reload per query tile costs nothing, one in the matmul loop costs
+every trip, so the machine code (cuobjdump's listing of the cubin) is read for spills inside the matmul loop.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-ASKED_AT_MOST = 8  # kernels ptxas is run again for (about a second each); a candidate may compile many variants
+# kernels ptxas and cuobjdump are run again for (about a second each); a candidate may compile many variants
+ASKED_AT_MOST = 8
 
 
 def ptxas_performance_warnings(ptx: str) -> list[str]:
@@ -35,22 +38,67 @@ def ptxas_performance_warnings(ptx: str) -> list[str]:
 
 def _triton_ptxas() -> Path | None:
     """The ptxas that ships with Triton (the one that compiled the kernel)."""
+    return _triton_tool("ptxas")
+
+
+def _triton_tool(name: str) -> Path | None:
+    """A CUDA tool that ships with Triton (ptxas, cuobjdump), or None."""
     try:
         import triton
     except ImportError:
         return None
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     return path if path.exists() else None
+
+
+def matmul_loop_spills(cubin: bytes) -> int | None:
+    """Spill instructions inside the kernel's matmul loops (see `spills_in_matmul_loops`); None when cuobjdump
+    cannot be run."""
+    cuobjdump = _triton_tool("cuobjdump")
+    if cuobjdump is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        try:
+            run = subprocess.run([str(cuobjdump), "-sass", str(path)], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    return spills_in_matmul_loops(run.stdout) if run.returncode == 0 else None
+
+
+def spills_in_matmul_loops(sass: str) -> int:
+    """Local-memory loads and stores (LDL, STL: spilled registers) inside the innermost loops that issue matrix
+    instructions, in a cuobjdump -sass listing: the key loop of an attention kernel, whose every trip they slow. A
+    backward branch closes a loop that starts at its target; of the loops holding a matrix instruction, those with
+    no such loop inside them are the matmul loops (an outer loop over query tiles is not one, nor a barrier's spin
+    loop)."""
+    listed = [(int(address, 16), text.strip()) for address, text in
+              re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*(?:/\* 0x[0-9a-f]+ \*/)?\s*$", sass, re.MULTILINE)]
+    loops = [(int(target.group(1), 16), address) for address, text in listed
+             if _opcode(text).startswith("BRA") and (target := re.search(r"0x([0-9a-f]+)\s*;?$", text))
+             and int(target.group(1), 16) <= address]
+    matmul_loops = [(start, end) for start, end in loops
+                    if any(start <= a <= end and "MMA" in _opcode(t) for a, t in listed)]
+    innermost = [(s, e) for s, e in matmul_loops
+                 if not any((s, e) != (s2, e2) and s <= s2 and e2 <= e for s2, e2 in matmul_loops)]
+    return sum(1 for address, text in listed if _opcode(text).split(".")[0] in ("LDL", "STL")
+               and any(start <= address <= end for start, end in innermost))
+
+
+def _opcode(instruction: str) -> str:
+    """`FMUL` of `@P0 FMUL R1, R2, R3 ;`: the first word that is not a predicate."""
+    return next((word for word in instruction.split() if not word.startswith("@")), "")
 
 
 def compiled_kernels(module) -> list[dict]:
     """One entry per kernel function of the module that compiled in this process. Its variants (one per
     specialization: dtypes, divisibility, constexprs such as a ragged key length) are merged: the most registers,
-    spills and shared memory any of them needs, and whether ptxas serialized the wgmmas of any it was asked about
-    (None: not asked)."""
+    spills (spill instructions in the matmul loop) and shared memory any of them needs, and whether ptxas
+    serialized the wgmmas of any it was asked about (None: not asked)."""
     merged: dict[str, dict] = {}
     for count, (name, kernel) in enumerate(_loaded(module)):
-        found = kernel_facts(name, kernel, ask_ptxas=count < ASKED_AT_MOST)
+        found = kernel_facts(name, kernel, ask_tools=count < ASKED_AT_MOST)
         merged[name] = _merge(merged[name], found) if name in merged else found
     return list(merged.values())
 
@@ -65,13 +113,15 @@ def _loaded(module):
                 yield name, kernel
 
 
-def kernel_facts(name: str, kernel, ask_ptxas: bool = True) -> dict:
-    """One compiled kernel: its resources as loaded on the GPU, and ptxas's performance warnings."""
-    asked = ask_ptxas and "ptx" in kernel.asm
+def kernel_facts(name: str, kernel, ask_tools: bool = True) -> dict:
+    """One compiled kernel: its resources as loaded on the GPU, ptxas's performance warnings, and the spill
+    instructions in its matmul loops (those two only when `ask_tools`: each reruns a CUDA tool)."""
+    asked = ask_tools and "ptx" in kernel.asm
     warnings = ptxas_performance_warnings(kernel.asm["ptx"]) if asked else []
+    in_loops = matmul_loop_spills(kernel.asm["cubin"]) if ask_tools and "cubin" in kernel.asm else None
     return {"name": name, "variants": 1, "registers": getattr(kernel, "n_regs", None),
-            "spills": getattr(kernel, "n_spills", None), "shared_bytes": kernel.metadata.shared,
-            "num_warps": kernel.metadata.num_warps,
+            "spills": getattr(kernel, "n_spills", None), "loop_spill_instructions": in_loops,
+            "shared_bytes": kernel.metadata.shared, "num_warps": kernel.metadata.num_warps,
             "wgmma_serialized": any("serialized" in w for w in warnings) if asked else None, "ptxas_warnings": warnings}
 
 
@@ -82,7 +132,8 @@ def _merge(a: dict, b: dict) -> dict:
 
     answers = [x["wgmma_serialized"] for x in (a, b) if x["wgmma_serialized"] is not None]
     return {"name": a["name"], "variants": a["variants"] + b["variants"], "registers": most("registers"),
-            "spills": most("spills"), "shared_bytes": most("shared_bytes"), "num_warps": most("num_warps"),
+            "spills": most("spills"), "loop_spill_instructions": most("loop_spill_instructions"),
+            "shared_bytes": most("shared_bytes"), "num_warps": most("num_warps"),
             "wgmma_serialized": any(answers) if answers else None,
             "ptxas_warnings": a["ptxas_warnings"] + [w for w in b["ptxas_warnings"] if w not in a["ptxas_warnings"]]}
 
@@ -94,9 +145,18 @@ def describe(kernel: dict) -> str:
         return f"no compiler report ({kernel['error']})"
     registers, spills = kernel.get("registers"), kernel.get("spills")
     parts = ([] if registers is None else [f"{registers} registers a thread"]) + \
-        ([] if spills is None else ["no spills" if spills == 0 else f"{spills} bytes spilled to local memory"]) + \
+        ([] if spills is None else ["no spills" if spills == 0 else f"{spills} bytes spilled to local memory"
+                                    + _where_spilled(kernel.get("loop_spill_instructions"))]) + \
         [f"{(kernel.get('shared_bytes') or 0) / 1024:.0f} KiB shared memory"]
     if kernel.get("wgmma_serialized"):
         parts.append("ptxas serialized its wgmmas (each waited for before the next)")
     variants = kernel.get("variants", 1)
     return f"{kernel.get('name')}" + (f" ({variants} variants)" if variants > 1 else "") + ": " + ", ".join(parts)
+
+
+def _where_spilled(in_loops: int | None) -> str:
+    if in_loops is None:
+        return ""
+    if in_loops == 0:
+        return " (none of it in the matmul loop)"
+    return f" ({in_loops} spill instructions in the matmul loop)"
