@@ -121,9 +121,11 @@ def test_honest_timing_is_below_the_measured_peak(gpu_verifier):
 @pytest.mark.parametrize("spec, persistent", [("noop", False), ("softcap", False), ("noop", True)])
 def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs, spec, persistent):
     """The warp-specialized Gluon kernel (agent/builtin/gluon.py.j2), with a program per tile or one per SM: every
-    trial, one launch, timed."""
+    trial, one launch, timed. The persistent case runs 512 query tiles at its target shape, several a program on
+    any GPU of up to 256 SMs, so the loop over tiles is exercised."""
     source = gluon_source(str(specs / f"{spec}.py"), persistent=persistent)
-    verdict = gpu_verifier(spec, require_single_kernel=True).verify(source)
+    shape = Shape(2, 16, 16, 2048, 2048, 128) if persistent else TARGET
+    verdict = gpu_verifier(spec, shape=shape, require_single_kernel=True).verify(source)
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     m = verdict.metrics
     assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")
