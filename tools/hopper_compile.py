@@ -30,7 +30,7 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
-from verifier.compiled import kernel_facts, spills_in_matmul_loops  # noqa: E402
+from verifier.compiled import kernel_facts, sass_opcode, spills_in_matmul_loops  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
@@ -110,11 +110,6 @@ def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
     return "i32"  # sizes, strides, counts
 
 
-def _opcode(instruction: str) -> str:
-    """`FMUL` of `@P0 FMUL R1, R2, R3 ;`: the first word that is not a predicate."""
-    return next(word for word in instruction.split() if not word.startswith("@"))
-
-
 def listed_instructions(sass: str) -> list[str]:
     """The instructions of a cuobjdump listing, `/*0a30*/  FMUL R1, R2, R3 ;` each; addresses grow past four hex
     digits in kernels longer than 4096 instructions (the Gluon kernels are)."""
@@ -129,7 +124,7 @@ def _sass_facts(cubin: bytes) -> dict:
         usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
     instructions = listed_instructions(sass)
-    opcodes = [_opcode(i) for i in instructions if i]
+    opcodes = [sass_opcode(i) for i in instructions if i]
     registers = re.search(r"REG:(\d+)", usage)
     return {"registers": int(registers.group(1)) if registers else None,
             "spill_instructions": sum(op.split(".")[0] in ("LDL", "STL") for op in opcodes),

@@ -76,17 +76,17 @@ def spills_in_matmul_loops(sass: str) -> int:
     listed = [(int(address, 16), text.strip()) for address, text in
               re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*(?:/\* 0x[0-9a-f]+ \*/)?\s*$", sass, re.MULTILINE)]
     loops = [(int(target.group(1), 16), address) for address, text in listed
-             if _opcode(text).startswith("BRA") and (target := re.search(r"0x([0-9a-f]+)\s*;?$", text))
+             if sass_opcode(text).startswith("BRA") and (target := re.search(r"0x([0-9a-f]+)\s*;?$", text))
              and int(target.group(1), 16) <= address]
     matmul_loops = [(start, end) for start, end in loops
-                    if any(start <= a <= end and "MMA" in _opcode(t) for a, t in listed)]
+                    if any(start <= a <= end and "MMA" in sass_opcode(t) for a, t in listed)]
     innermost = [(s, e) for s, e in matmul_loops
                  if not any((s, e) != (s2, e2) and s <= s2 and e2 <= e for s2, e2 in matmul_loops)]
-    return sum(1 for address, text in listed if _opcode(text).split(".")[0] in ("LDL", "STL")
+    return sum(1 for address, text in listed if sass_opcode(text).split(".")[0] in ("LDL", "STL")
                and any(start <= address <= end for start, end in innermost))
 
 
-def _opcode(instruction: str) -> str:
+def sass_opcode(instruction: str) -> str:
     """`FMUL` of `@P0 FMUL R1, R2, R3 ;`: the first word that is not a predicate."""
     return next((word for word in instruction.split() if not word.startswith("@")), "")
 
