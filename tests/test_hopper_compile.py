@@ -48,16 +48,17 @@ def test_tanh_is_one_special_function_instruction_on_hopper(specs):
     assert functions.get("RCP", 0) <= 4
 
 
-@pytest.mark.parametrize("spec, block_m, block_n, stages, head_dim", [
-    ("causal.py", 128, 128, 3, 128), ("causal.py", 128, 128, 4, 128), ("noop.py", 64, 64, 3, 128),
-    ("rel_pos.py", 64, 128, 2, 64), ("noop.py", 128, 64, 5, 128)])
-def test_the_shared_memory_estimate_matches_what_triton_allocates(specs, spec, block_m, block_n, stages, head_dim):
+@pytest.mark.parametrize("spec, cfg, head_dim", [
+    ("causal.py", KernelConfig(128, 128, 8, 3, tma=True), 128),
+    ("causal.py", KernelConfig(128, 128, 8, 4, tma=True), 128),
+    ("noop.py", KernelConfig(64, 64, 4, 3, tma=True), 128),
+    ("rel_pos.py", KernelConfig(64, 128, 4, 2, tma=True), 64),
+    ("noop.py", KernelConfig(128, 64, 4, 5, gluon=True), 128)])
+def test_the_shared_memory_estimate_matches_what_triton_allocates(specs, spec, cfg, head_dim):
     """The estimate the search uses to skip configs that cannot launch, against the compiler's own figure (the
-    5-stage case is the Gluon kernel, which stages its output tile too)."""
+    Gluon kernel stages its output tile too)."""
     from agent.proposers import descriptor_shared_bytes
 
-    gluon = stages == 5
-    cfg = KernelConfig(block_m, block_n, 8 if block_m == 128 and not gluon else 4, stages, tma=not gluon, gluon=gluon)
     compiled = compile_builtin(str(specs / spec), cfg, head_dim=head_dim)["shared_bytes"]
     assert abs(descriptor_shared_bytes(cfg, head_dim) - compiled) <= 1024
 
@@ -65,8 +66,8 @@ def test_the_shared_memory_estimate_matches_what_triton_allocates(specs, spec, b
 @pytest.mark.parametrize("spec, head_dim", [("noop", 128), ("rel_pos", 128), ("alibi", 64), ("softcap", 128)])
 def test_the_builtin_gluon_kernel_compiles_for_hopper(specs, spec, head_dim):
     """The built-in proposer's Gluon config, with each dense spec's score_mod inlined: it fits, keeps a wgmma in
-    flight, does not spill in its key loop, reads Q from registers (every matmul's left operand: Q or P); softcap's tanh stays one
-    special-function instruction."""
+    flight, does not spill in its key loop, reads Q from registers (every matmul's left operand: Q or P);
+    softcap's tanh stays one special-function instruction."""
     report = compile_builtin(str(specs / f"{spec}.py"), KernelConfig(128, 64, 4, 4, gluon=True), head_dim=head_dim)
     assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
     assert report["register_operand_wgmmas"] == report["tensor_core_instructions"]

@@ -30,7 +30,8 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
-from verifier.compiled import kernel_facts, sass_opcode, spills_in_matmul_loops  # noqa: E402
+from verifier.compiled import (ptxas_performance_warnings, sass_opcode, spills_in_matmul_loops,  # noqa: E402
+                               wgmma_serialized)
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
@@ -73,10 +74,10 @@ def compile_for_hopper(kernel, signature: dict, constants: dict, options: dict):
 def facts(compiled) -> dict:
     """Shared memory, the SASS facts, and whether ptxas serialized the wgmmas: what the verifier reports of a
     candidate's kernels on a GPU (registers and spills come from the SASS here, since nothing is loaded)."""
-    ptxas = kernel_facts(compiled.name, compiled)
+    warnings = ptxas_performance_warnings(compiled.asm["ptx"])
     return {"shared_bytes": compiled.metadata.shared, "fits_shared_memory": compiled.metadata.shared <= SHARED_LIMIT,
-            **_sass_facts(compiled.asm["cubin"]), "wgmma_serialized": ptxas["wgmma_serialized"],
-            "ptxas_warnings": ptxas["ptxas_warnings"]}
+            **_sass_facts(compiled.asm["cubin"]), "wgmma_serialized": wgmma_serialized(warnings),
+            "ptxas_warnings": warnings}
 
 
 def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv: bool):

@@ -20,7 +20,7 @@ ASKED_AT_MOST = 8
 def ptxas_performance_warnings(ptx: str) -> list[str]:
     """ptxas's "Potential Performance Loss" messages for this PTX (C7511/C7512: wgmmas serialized), which Triton
     compiles past without passing on. Empty when there are none, and when no ptxas can be run."""
-    ptxas = _triton_ptxas()
+    ptxas = _triton_tool("ptxas")
     target = re.search(r"^\.target\s+(\w+)", ptx, re.MULTILINE)
     if ptxas is None or target is None:
         return []
@@ -36,13 +36,13 @@ def ptxas_performance_warnings(ptx: str) -> list[str]:
             if "Performance Loss" in line]
 
 
-def _triton_ptxas() -> Path | None:
-    """The ptxas that ships with Triton (the one that compiled the kernel)."""
-    return _triton_tool("ptxas")
+def wgmma_serialized(warnings: list[str]) -> bool:
+    """Whether ptxas's warnings say it serialized the wgmmas (C7511/C7512)."""
+    return any("serialized" in w for w in warnings)
 
 
 def _triton_tool(name: str) -> Path | None:
-    """A CUDA tool that ships with Triton (ptxas, cuobjdump), or None."""
+    """A CUDA tool that ships with Triton, the one that compiled the kernel (ptxas, cuobjdump), or None."""
     try:
         import triton
     except ImportError:
@@ -122,7 +122,7 @@ def kernel_facts(name: str, kernel, ask_tools: bool = True) -> dict:
     return {"name": name, "variants": 1, "registers": getattr(kernel, "n_regs", None),
             "spills": getattr(kernel, "n_spills", None), "loop_spill_instructions": in_loops,
             "shared_bytes": kernel.metadata.shared, "num_warps": kernel.metadata.num_warps,
-            "wgmma_serialized": any("serialized" in w for w in warnings) if asked else None, "ptxas_warnings": warnings}
+            "wgmma_serialized": wgmma_serialized(warnings) if asked else None, "ptxas_warnings": warnings}
 
 
 def _merge(a: dict, b: dict) -> dict:

@@ -79,7 +79,8 @@ class Metrics:
     extra_memory_bytes: int | None = None  # allocated during a call beyond the output
     mask_density: float | None = None
     flops: float | None = None
-    # per compiled kernel: registers a thread, spilled bytes, shared memory, and whether ptxas serialized its wgmmas
+    # per compiled kernel: registers a thread, spilled bytes (and spill instructions in the matmul loop), shared
+    # memory, and whether ptxas serialized its wgmmas
     compiled: list[dict] = field(default_factory=list)
 
 
