@@ -14,8 +14,8 @@ import torch
 import triton
 
 import prompts
-from agent.builtin.lower import LoweredSpec, lower_spec
-from agent.builtin.template import KernelConfig, gluon_fits, render_kernel
+from agent.builtin.lower import lower_spec
+from agent.builtin.template import KernelConfig, render_kernel
 from agent.extract import FormatError, extract_kernel
 from agent.llm import ChatClient
 from agent.records import ACCEPTED, NO_KERNEL, Attempt, Candidate, describe_speed
@@ -67,18 +67,23 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: 
     blocks share an SM); at D=64 64x128 tiles with 4 warps and 2 stages for dense, causal and dilated specs,
     plain pointer loads with 64x64 or 128x64 tiles for sliding windows and key padding. Warp specialization is
     left out: Triton 3.6 compiles these kernels with and without it to the same code. Elsewhere a wider space,
-    since nothing was measured. With `gluon` (the spec fits the Gluon kernel: no mask_mod, no captured buffers),
-    Hopper also tries the warp-specialized Gluon kernel (a loader and two consumer warpgroups) first at D=128,
-    where it beat the Triton kernels by 1-11% on noop, rel_pos and alibi; not at D=64, where it lost by 10-20%.
-    It is tried persistent (one program per SM, looping over query tiles: 1-6% faster at 2048 keys) and with one
-    program per tile (level, or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere."""
+    since nothing was measured. With `gluon` (the GPU runs the Gluon kernel: sm_90), Hopper also tries the
+    warp-specialized Gluon kernel (a loader and two consumer warpgroups) first at D=128, where it beat the Triton
+    kernels by 1-11% on noop, rel_pos and alibi, and by 9-15% on causal and key padding at 2048 keys (persistent,
+    reading the block map); level on dilated causal, behind on sliding windows. It is tried persistent (one
+    program per SM, looping over query tiles: 1-6% faster on dense specs at 2048 keys) and with one program per
+    tile (level, or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere. At D=64 it
+    comes last, with 128-key blocks: 2-3% ahead of the Triton kernels on noop, causal and key padding, 13-70%
+    behind on the others."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
     if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows
         warp_specialized = [KernelConfig(128, 64, 4, 4, gluon=True, persistent=True),
                             KernelConfig(128, 64, 4, 4, gluon=True)] if gluon and head_dim == 128 else []
         if head_dim <= 64:
-            return [KernelConfig(64, 128, 4, 2, tma=True), KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 4, 3)]
+            wide_gluon = [KernelConfig(128, 128, 4, 3, gluon=True, persistent=True)] if gluon and head_dim == 64 else []
+            return [KernelConfig(64, 128, 4, 2, tma=True), KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 4, 3),
+                    *wide_gluon]
         return [*warp_specialized, KernelConfig(128, 128, 8, 3, tma=True), KernelConfig(128, 64, 8, 3, tma=True),
                 KernelConfig(64, 64, 4, 3, tma=True)]
     if head_dim <= 64:
@@ -90,9 +95,9 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: 
     return [KernelConfig(*c) for c in base]
 
 
-def first_configs(lowered: LoweredSpec, head_dim: int, interpreted: bool) -> list[KernelConfig]:
-    """The search space on the GPU at hand, for this spec (the Gluon kernel only where it can run it)."""
-    return search_space(head_dim, interpreted, hopper=is_hopper(), gluon=gluon_fits(lowered) and has_wgmma())
+def first_configs(head_dim: int, interpreted: bool) -> list[KernelConfig]:
+    """The search space on the GPU at hand (the Gluon kernel only where it can run)."""
+    return search_space(head_dim, interpreted, hopper=is_hopper(), gluon=has_wgmma())
 
 
 @dataclass
@@ -132,7 +137,7 @@ class TemplateProposer:
         self.lowered = lower_spec(spec)  # LoweringError: the caller decides whether the run can go on
         interpreted = problem.device == "cpu"
         # the interpreter cannot time, so there is nothing to refine from
-        self.search = ConfigSearch(first_configs(self.lowered, problem.shape.head_dim, interpreted),
+        self.search = ConfigSearch(first_configs(problem.shape.head_dim, interpreted),
                                    refine=not interpreted, fits=shared_memory_check(problem.shape.head_dim))
 
     def propose(self, context: SearchContext) -> Candidate | None:

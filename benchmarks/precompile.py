@@ -7,7 +7,6 @@ GPU waits. The workers import this module by name, which is why it is not part o
 """
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import tempfile
@@ -29,15 +28,9 @@ def precompile_configs(spec_path: Path, head_dim: int, grid: list[KernelConfig] 
     their stage neighbours (every refinement the search can ask for)."""
     if grid:
         return grid
-    first = first_configs(_lowered(str(spec_path)), head_dim, interpreted=False)
+    first = first_configs(head_dim, interpreted=False)
     fits = shared_memory_check(head_dim)
     return list(dict.fromkeys(first + [n for cfg in first for n in stage_neighbours(cfg) if fits(n)]))
-
-
-@functools.cache
-def _lowered(spec_path: str):
-    """Each spec traced once for the whole plan, not once per shape (about 0.2 s a trace)."""
-    return lower_spec(load_spec(SpecFiles(spec_path)))
 
 
 class Precompiler:

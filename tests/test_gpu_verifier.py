@@ -116,16 +116,44 @@ def test_honest_timing_is_below_the_measured_peak(gpu_verifier):
     assert 0 < verdict.metrics.tflops < verdict.metrics.peak_tflops and verdict.metrics.ratio_to_flex
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
-                    reason="a Hopper kernel (wgmma, TMA)")
-@pytest.mark.parametrize("spec, persistent", [("noop", False), ("softcap", False), ("noop", True)])
+hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                            reason="a Hopper kernel (wgmma, TMA)")
+
+
+@hopper
+@pytest.mark.parametrize("spec, persistent", [("noop", False), ("softcap", False), ("noop", True), ("causal", True),
+                                              ("key_padding", False)])
 def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs, spec, persistent):
-    """The warp-specialized Gluon kernel (agent/builtin/gluon.py.j2), with a program per tile or one per SM: every
-    trial, one launch, timed. The persistent case runs 512 query tiles at its target shape, several a program on
-    any GPU of up to 256 SMs, so the loop over tiles is exercised."""
+    """The warp-specialized Gluon kernel (agent/builtin/gluon.py.j2), with a program per tile or one per SM, dense
+    or reading a block map (a mask; a captured buffer): every trial, one launch, timed. The persistent cases run
+    512 query tiles at their target shape, several a program on any GPU of up to 256 SMs, so the loop over tiles
+    is exercised."""
     source = gluon_source(str(specs / f"{spec}.py"), persistent=persistent)
     shape = Shape(2, 16, 16, 2048, 2048, 128) if persistent else TARGET
     verdict = gpu_verifier(spec, shape=shape, require_single_kernel=True).verify(source)
+    assert_a_verified_gluon_kernel(verdict)
+
+
+MASKS_FOR_GLUON = {
+    # query tiles of 128 rows with no key at all: the loader skips them, their consumers write zeros
+    "late": "def mask_mod(b, h, q_idx, kv_idx):\n    return q_idx >= kv_idx + 300\n",
+    # a block map row per batch element and head
+    "per_head": "def mask_mod(b, h, q_idx, kv_idx):\n"
+                "    return (kv_idx <= q_idx + 64 * h) & (kv_idx >= q_idx - 200 * (b + 1))\n",
+}
+
+
+@hopper
+@pytest.mark.parametrize("name, persistent", [("late", True), ("per_head", False)])
+def test_the_gluon_kernel_with_masks_that_empty_tiles_or_differ_per_head(tmp_path, name, persistent):
+    path = tmp_path / f"{name}.py"
+    path.write_text(MASKS_FOR_GLUON[name])
+    problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 8, 2, 1000, 1500, 128), "bf16", "cuda")  # GQA, ragged
+    verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
+    assert_a_verified_gluon_kernel(verifier.verify(gluon_source(str(path), persistent=persistent)))
+
+
+def assert_a_verified_gluon_kernel(verdict) -> None:
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     m = verdict.metrics
     assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")

@@ -79,6 +79,18 @@ def test_the_builtin_gluon_kernel_compiles_for_hopper(specs, spec, head_dim):
     assert ("TANH" in report["special_function_instructions"]) == (spec == "softcap")
 
 
+@pytest.mark.parametrize("spec", ["causal", "key_padding", "sliding_window"])
+def test_the_gluon_kernel_with_a_block_map_compiles_for_hopper(specs, spec):
+    """The mask form (whole key blocks, then cut ones, read from the block map; key_padding reads a captured
+    buffer): the same register budget as the dense kernel, no spill, a wgmma kept in flight in both key loops."""
+    dense = compile_builtin(str(specs / "noop.py"), KernelConfig(128, 64, 4, 4, gluon=True), head_dim=128)
+    report = compile_builtin(str(specs / f"{spec}.py"), KernelConfig(128, 64, 4, 4, gluon=True), head_dim=128)
+    assert report["fits_shared_memory"] and report["registers"] == dense["registers"]
+    assert report["spill_instructions"] == 0 and not report["wgmma_serialized"]
+    assert report["register_operand_wgmmas"] == report["tensor_core_instructions"] > 0
+    assert report["partial_wgmma_waits"] == 2 * dense["partial_wgmma_waits"]  # a pipelined loop of each kind
+
+
 def test_a_kernel_that_runs_out_of_registers_spills_in_its_matmul_loop(specs):
     """128x128 tiles with one warpgroup (4 warps) need more than 255 registers a thread: the spills land in the key
     loop, where the report counts them (against rel_pos's Gluon kernel above, whose few are outside it)."""

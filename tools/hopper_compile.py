@@ -53,7 +53,7 @@ def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: st
     source = render_kernel(spec.name, lower_spec(spec), cfg)
     module = load_module(source, Path(tempfile.gettempdir()))
     if cfg.gluon:
-        return _compile_gluon(module, cfg, head_dim, dtype, even_kv)
+        return _compile_gluon(module, cfg, spec, head_dim, dtype, even_kv)
     kernel = module._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
@@ -80,17 +80,17 @@ def facts(compiled) -> dict:
             "ptxas_warnings": warnings}
 
 
-def _compile_gluon(module, cfg: KernelConfig, head_dim: int, dtype: str, even_kv: bool):
+def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool):
     """The Gluon kernel's `_attn_fwd`, its descriptor types taken from descriptors over a CPU tensor."""
     import torch
     from triton.runtime.jit import mangle_type
     t = torch.empty(1, 1, 256, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     descs = [module._descriptor(t, rows) for rows in (cfg.block_m // 2, cfg.block_n, cfg.block_n, cfg.block_m // 2)]
-    signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)), H="i32", GROUP="i32",
-                     SQ="i32", SKV="i32", n_m="i32", n_tiles="i32", qk_scale="fp32")
     constants = dict(BMH=cfg.block_m // 2, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
                      SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS)
-    signature.update({name: "constexpr" for name in constants})
+    signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)))
+    signature.update({name: "constexpr" if name in constants else _type(name, cfg, spec, head_dim, dtype)
+                      for name in module._attn_fwd.arg_names if name not in signature})
     return compile_for_hopper(module._attn_fwd, signature, constants, dict(num_warps=cfg.num_warps))
 
 
@@ -101,7 +101,7 @@ def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
     if name in ("Q", "K", "V", "O"):
         rows = cfg.block_m if name in ("Q", "O") else cfg.block_n
         return f"tensordesc<{dtype}[1,1,{rows},{dp}]>" if cfg.tma else f"*{dtype}"
-    if name in ("MAP", "PART_IDX", "FULL_IDX"):
+    if name in ("MAP", "PART_IDX", "FULL_IDX", "OFFSETS", "TILES"):
         return "*i32"
     if name == "qk_scale":
         return "fp32"

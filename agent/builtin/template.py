@@ -21,8 +21,8 @@ class KernelConfig:
     num_stages: int = 2
     tma: bool = False  # Hopper tensor descriptors for Q, K, V and O (bounds handled by the copy engine)
     warp_specialize: bool = False  # producer/consumer warps for the key loop (with tma)
-    # the Gluon kernel (Hopper, no mask_mod, no buffers): a loader warpgroup and two consumer warpgroups of
-    # block_m / 2 rows; num_warps is per warpgroup
+    # the Gluon kernel (Hopper): a loader warpgroup and two consumer warpgroups of block_m / 2 rows; num_warps is
+    # per warpgroup
     gluon: bool = False
     # Gluon only: one program per SM, each looping over query tiles (the next tile's loads overlap this one's end)
     persistent: bool = False
@@ -51,21 +51,11 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
     used = " ".join(f.source for f in (lowered.score, lowered.mask) if f)
     if cfg.persistent and not cfg.gluon:
         raise ValueError("only the Gluon kernel has a persistent form")
-    if cfg.gluon:
-        if not gluon_fits(lowered):
-            raise ValueError("the Gluon kernel takes specs with no mask_mod and no captured buffers")
-        return TEMPLATES.get_template("gluon.py.j2").render(
-            spec_name=spec_name, cfg=cfg, helpers=_used_helpers(lowered.helpers, used), score=lowered.score)
-    return TEMPLATES.get_template("flash.py.j2").render(
+    return TEMPLATES.get_template("gluon.py.j2" if cfg.gluon else "flash.py.j2").render(
         spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
         score=lowered.score, mask=mask, buffer_params=lowered.buffer_params(),
         buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
         mask_uses_b=bool(mask and "b" in mask.depends), mask_uses_h=bool(mask and "h" in mask.depends))
-
-
-def gluon_fits(lowered: LoweredSpec) -> bool:
-    """Whether the Gluon kernel can express the spec: a score_mod at most, reading no captured buffer."""
-    return lowered.mask is None and not lowered.buffers
 
 
 def _used_helpers(helpers: str, code: str) -> str:

@@ -131,7 +131,7 @@ def kernel_file(name: str) -> str:
 
 
 def gluon_source(spec_path: str, stages: int = 4, persistent: bool = False) -> str:
-    """The built-in Gluon kernel (warp-specialized, Hopper) rendered for a spec without masks or buffers."""
+    """The built-in Gluon kernel (warp-specialized, Hopper) rendered for a spec."""
     from agent.builtin.lower import lower_spec
     from agent.builtin.template import KernelConfig, render_kernel
     from verifier.spec import SpecFiles, load_spec
