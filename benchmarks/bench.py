@@ -309,7 +309,7 @@ def main() -> int:
     chosen = [KernelConfig.from_label(c) for c in args.configs.split(",") if c.strip()]
     grids = {label: chosen or (sweep_grid(shape.head_dim) if args.sweep else None) for label, shape in shapes.items()}
     jobs = [(str(spec_dir / f"{name}.py"), label, cfg.to_dict()) for label, shape in shapes.items() for name in names
-            for cfg in precompile_configs(spec_dir / f"{name}.py", shape.head_dim, grids[label])]
+            for cfg in precompile_configs(shape.head_dim, grids[label])]
     precompiler = Precompiler(jobs, args.dtype, args.compile_workers)
     try:
         with tempfile.TemporaryDirectory() as tmp:

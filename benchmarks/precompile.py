@@ -23,9 +23,9 @@ from verifier.spec import SpecFiles, load_spec
 Job = tuple[str, str, dict]  # spec path, shape label ("B2 H16 N8192 D128"), KernelConfig as a dict
 
 
-def precompile_configs(spec_path: Path, head_dim: int, grid: list[KernelConfig] | None = None) -> list[KernelConfig]:
+def precompile_configs(head_dim: int, grid: list[KernelConfig] | None = None) -> list[KernelConfig]:
     """What one row may compile: `grid` if the row times a fixed grid, else the search's first configs and
-    their stage neighbours (every refinement the search can ask for)."""
+    their stage neighbours (every refinement the search can ask for; the same for every spec)."""
     if grid:
         return grid
     first = first_configs(head_dim, interpreted=False)
