@@ -7,9 +7,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from hopper_compile import compile_builtin, listed_instructions  # noqa: E402
+from hopper_compile import compile_builtin  # noqa: E402
 
 from agent.builtin.template import KernelConfig  # noqa: E402
+from verifier.compiled import sass_listing  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -114,4 +115,4 @@ def test_the_listing_is_read_past_address_ffff():
     listing = ("        /*fff0*/                   FMUL R1, R2, R3 ;                /* 0x000fe20000400000 */\n"
                "                                                                    /* 0x000fca0000000f00 */\n"
                "        /*10000*/                  STL [R1], R2 ;                   /* 0x0001e80000100800 */\n")
-    assert listed_instructions(listing) == ["FMUL R1, R2, R3 ;", "STL [R1], R2 ;"]
+    assert sass_listing(listing) == [(0xfff0, "FMUL R1, R2, R3 ;"), (0x10000, "STL [R1], R2 ;")]

@@ -30,8 +30,8 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
-from verifier.compiled import (ptxas_performance_warnings, sass_opcode, spills_in_matmul_loops,  # noqa: E402
-                               wgmma_serialized)
+from verifier.compiled import (ptxas_performance_warnings, sass_listing, sass_opcode,  # noqa: E402
+                               spills_in_matmul_loops, wgmma_serialized)
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
@@ -111,20 +111,13 @@ def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
     return "i32"  # sizes, strides, counts
 
 
-def listed_instructions(sass: str) -> list[str]:
-    """The instructions of a cuobjdump listing, `/*0a30*/  FMUL R1, R2, R3 ;` each; addresses grow past four hex
-    digits in kernels longer than 4096 instructions (the Gluon kernels are)."""
-    listed = (re.match(r"\s+/\*[0-9a-f]{4,}\*/(.*?)(/\* 0x[0-9a-f]+ \*/)?\s*$", line) for line in sass.splitlines())
-    return [m.group(1).strip() for m in listed if m]
-
-
 def _sass_facts(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
-    instructions = listed_instructions(sass)
+    instructions = [text for _, text in sass_listing(sass)]
     opcodes = [sass_opcode(i) for i in instructions if i]
     registers = re.search(r"REG:(\d+)", usage)
     return {"registers": int(registers.group(1)) if registers else None,

@@ -73,8 +73,7 @@ def spills_in_matmul_loops(sass: str) -> int:
     backward branch closes a loop that starts at its target; of the loops holding a matrix instruction, those with
     no such loop inside them are the matmul loops (an outer loop over query tiles is not one, nor a barrier's spin
     loop)."""
-    listed = [(int(address, 16), text.strip()) for address, text in
-              re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*(?:/\* 0x[0-9a-f]+ \*/)?\s*$", sass, re.MULTILINE)]
+    listed = sass_listing(sass)
     loops = [(int(target.group(1), 16), address) for address, text in listed
              if sass_opcode(text).startswith("BRA") and (target := re.search(r"0x([0-9a-f]+)\s*;?$", text))
              and int(target.group(1), 16) <= address]
@@ -84,6 +83,13 @@ def spills_in_matmul_loops(sass: str) -> int:
                  if not any((s, e) != (s2, e2) and s <= s2 and e2 <= e for s2, e2 in matmul_loops)]
     return sum(1 for address, text in listed if sass_opcode(text).split(".")[0] in ("LDL", "STL")
                and any(start <= address <= end for start, end in innermost))
+
+
+def sass_listing(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction) of each instruction of a cuobjdump -sass listing, `/*0a30*/  FMUL R1, R2, R3 ;`;
+    addresses grow past four hex digits in kernels longer than 4096 instructions (the Gluon kernels are)."""
+    return [(int(address, 16), text.strip()) for address, text in
+            re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*(?:/\* 0x[0-9a-f]+ \*/)?\s*$", sass, re.MULTILINE)]
 
 
 def sass_opcode(instruction: str) -> str:
