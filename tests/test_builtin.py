@@ -83,6 +83,17 @@ def test_python_semantics_of_floor_division_and_modulo(tmp_path, verifier):
     assert verdict.accepted, verdict.message
 
 
+def test_constants_chosen_by_where_become_typed_scalars(tmp_path, verifier):
+    # torch.where(cond, 0.0, -1.0) traces its two numbers to scalar tensors: a bare `(-1.0).to(...)` is no Triton
+    path = write_spec(tmp_path, "penalty", """
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + torch.where(q_idx >= kv_idx, 0.0, -1.0) + torch.where(kv_idx < 5, float("-inf"), 0.0)
+    """)
+    assert "tl.full([], -1.0, tl.float32)" in lower_spec(load_spec(SpecFiles(path))).score.source
+    verdict = verifier(path).verify(builtin_kernel(path))
+    assert verdict.accepted, verdict.message
+
+
 def test_an_unsupported_op_names_the_op_and_the_line(tmp_path):
     path = write_spec(tmp_path, "cumsum", """
         def score_mod(score, b, h, q_idx, kv_idx):

@@ -122,12 +122,12 @@ hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_devi
 
 @hopper
 @pytest.mark.parametrize("spec, persistent", [("noop", False), ("softcap", False), ("noop", True), ("causal", True),
-                                              ("key_padding", False), ("alibi", True), ("rel_pos", False)])
+                                              ("key_padding", False)])
 def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs, spec, persistent):
     """The warp-specialized Gluon kernel (agent/builtin/gluon.py.j2), with a program per tile or one per SM, dense
-    or reading a block map (a mask; a captured buffer), with score_mod terms centred on the tile (alibi, rel_pos):
-    every trial, one launch, timed. The persistent cases run 512 query tiles at their target shape, several a
-    program on any GPU of up to 256 SMs, so the loop over tiles is exercised."""
+    or reading a block map (a mask; a captured buffer): every trial, one launch, timed. The persistent cases run
+    512 query tiles at their target shape, several a program on any GPU of up to 256 SMs, so the loop over tiles
+    is exercised."""
     source = gluon_source(str(specs / f"{spec}.py"), persistent=persistent)
     shape = Shape(2, 16, 16, 2048, 2048, 128) if persistent else TARGET
     verdict = gpu_verifier(spec, shape=shape, require_single_kernel=True).verify(source)

@@ -4,18 +4,15 @@ The functions are traced with make_fx on one-element index tensors (fake mode, s
 indices fails loudly instead of being baked in); every aten op of the graph becomes one Triton expression
 inside a @triton.jit helper:
 
-    _score_mod(s, b, h, q_idx, kv_idx, q_ok, kv_ok, q_start, <buffer pointer and strides>...) -> s
+    _score_mod(s, b, h, q_idx, kv_idx, q_ok, kv_ok, <buffer pointer and strides>...) -> s
     _mask_mod(b, h, q_idx, kv_idx, q_ok, kv_ok, <buffer pointer and strides>...) -> keep
 
 Inside the kernel `s` is a [BM, BN] fp32 block, q_idx is [BM, 1] and kv_idx [1, BN] (int32), b and h
 scalars; q_ok / kv_ok say which rows and columns are inside the problem, and mask every buffer load.
-q_start is the tile's first query row: a score_mod term that is constant along each query row (ALiBi's
--q_idx * slope) is taken relative to it, once per block column instead of per score (see row_shift.py).
 Semantics follow torch: Python-style // and %, the result dtype of every op as torch computes it.
 """
 from __future__ import annotations
 
-import re
 import traceback
 import types
 from dataclasses import dataclass, field
@@ -24,7 +21,6 @@ from typing import Callable
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from agent.builtin.row_shift import CentredSum, centre, is_float
 from verifier.spec import Spec
 
 TL_DTYPES = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32",
@@ -185,8 +181,7 @@ def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], 
     except _Unsupported as e:
         raise LoweringError(f"the built-in proposer cannot lower {e.op}{_line_of_op(fn, params, e.target, spec)} "
                             f"to Triton{': ' + e.why if e.why else ''}. {SUPPORTED}") from None
-    extra = ["q_ok", "kv_ok"] + (["q_start"] if "s" in params else [])
-    signature = ", ".join(params + extra) + "".join(buffer_signature(n, r) for n, r in buffers.items())
+    signature = ", ".join(params + ["q_ok", "kv_ok"]) + "".join(buffer_signature(n, r) for n, r in buffers.items())
     source = f"@triton.jit\ndef {name}({signature}):\n" + "".join(f"    {line}\n" for line in body)
     return LoweredFunction(name=name, source=source, depends=emitter.result_depends, ops=emitter.ops)
 
@@ -216,36 +211,8 @@ class _Emitter:
                 result = node.args[0]
                 result = result[0] if isinstance(result, (tuple, list)) else result
                 self.result_depends = self.deps.get(result, set())
-                self.lines.append(f"return {self._result(result)}")
-        return _live(self.lines)
-
-    def _result(self, result) -> str:
-        """The returned expression: for a score_mod, with its row-constant terms centred on q_start."""
-        q_idx = next((n for n, name in self.names.items() if name == "q_idx"), None)
-        centred = centre(result, self.deps, q_idx) if "s" in self.params and q_idx is not None else None
-        if centred is None:
-            return self._ref(result)
-        val = result.meta.get("val")
-        dtype = TL_DTYPES[val.dtype] if isinstance(val, torch.Tensor) and val.is_floating_point() else "tl.float32"
-        return f"({self._centred_sum(centred, q_idx, dtype)}).to({dtype})"
-
-    def _centred_sum(self, centred: CentredSum, q_idx, dtype: str) -> str:
-        parts = [(t.sign, self._product(self._ref(t.value), t.factors)) for t in centred.score_terms]
-        for group in centred.groups:
-            # integers are summed first, exactly (kv_idx - q_start), then converted on the [1, BN] row, not per score
-            ints = [t for t in group.terms if not is_float(t.value)]
-            floats = [t for t in group.terms if is_float(t.value)]
-            total = [(1, f"({_signed_sum([(t.sign, self._atom(t.value, q_idx)) for t in ints])}).to({dtype})")] \
-                if ints else []
-            total += [(t.sign, self._atom(t.value, q_idx)) for t in floats]
-            parts.append((1, self._product(_signed_sum(total), group.factors)))
-        return _signed_sum(parts)
-
-    def _atom(self, value, q_idx) -> str:
-        return "q_start" if value is q_idx else self._ref(value)
-
-    def _product(self, expr: str, factors: tuple) -> str:
-        return " * ".join([f"({expr})"] + [f"({self._ref(f)})" for f in factors]) if factors else expr
+                self.lines.append(f"return {self._ref(result)}")
+        return self.lines
 
     # ------------------------------------------------------------------------------------------ helpers
     def _ref(self, arg) -> str:
@@ -397,32 +364,12 @@ class _Emitter:
 
 
 def _is_number(expr: str) -> bool:
+    """Whether `expr` is a Python number literal as _ref writes it (float("inf") included)."""
     try:
         float(expr)
         return True
     except ValueError:
         return expr.startswith("float(")
-
-
-def _signed_sum(parts: list[tuple[int, str]]) -> str:
-    text = ""
-    for sign, expr in parts:
-        if not text:
-            text = f"({expr})" if sign > 0 else f"-({expr})"
-        else:
-            text += f" + ({expr})" if sign > 0 else f" - ({expr})"
-    return text
-
-
-def _live(lines: list[str]) -> list[str]:
-    """The lines the return statement needs: a centred result leaves the traced per-score terms unused."""
-    needed, kept = set(), []
-    for line in reversed(lines):
-        target = line.split(" = ", 1)[0] if " = " in line and not line.startswith("return") else None
-        if target is None or target in needed:
-            kept.append(line)
-            needed |= set(re.findall(r"\bt\d+\b", line))
-    return kept[::-1]
 
 
 def _power_of_two(divisor) -> int | None:
