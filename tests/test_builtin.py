@@ -160,6 +160,30 @@ def test_block_skipping_empties_whole_blocks(tmp_path, verifier):
     assert found["runs"] == [True, True]  # so the kernel computes block addresses instead of reading the lists
 
 
+def test_block_maps_are_kept_for_the_last_16_shapes(specs, tmp_path):
+    """One map per shape, built once; past 16 shapes the oldest goes, and that shape still gets the right output."""
+    found = run_interpreted(builtin_kernel(specs / "causal.py"), """
+        def run(n):
+            g = torch.Generator().manual_seed(n)
+            q, k, v = (torch.randn(1, 1, n, 16, generator=g, dtype=torch.float16) for _ in range(3))
+            o = module.attention(q, k, v)
+            causal = torch.ones(n, n, dtype=torch.bool).tril()
+            reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                                         attn_mask=causal)
+            return (o.float() - reference).abs().max().item()
+
+        errors = [run(n) for n in range(8, 25)]  # 17 shapes
+        sizes = {key[3] for key in module._BLOCK_MAPS}
+        again = module._get_block_map(torch.empty(1, 1, 24, 16), torch.empty(1, 1, 24, 16), {})
+        same = again is module._get_block_map(torch.empty(1, 1, 24, 16), torch.empty(1, 1, 24, 16), {})
+        errors.append(run(8))  # its map was dropped: built again
+        print(json.dumps({"entries": len(module._BLOCK_MAPS), "sizes": sorted(sizes), "worst": max(errors),
+                          "same": same}))
+    """, tmp_path)
+    assert found["entries"] == 16 and found["sizes"] == list(range(9, 25))  # shape 8 went first
+    assert found["same"] and found["worst"] < 1e-2
+
+
 def test_block_skipping_with_kept_blocks_that_are_not_one_run(tmp_path, verifier):
     """Every other key block whole, one key of each other block: no runs, so the kernel reads the block lists."""
     path = write_spec(tmp_path, "stripes", """
