@@ -361,3 +361,13 @@ def test_refinements_skip_configs_that_do_not_fit_the_shared_memory():
     h100 = lambda cfg: descriptor_shared_bytes(cfg, 128) <= 232448  # noqa: E731 - the H100's limit per block
     assert refinements({best: 1.0}, h100) == [KernelConfig(128, 128, 8, 2, tma=True)]  # no 4th stage
     assert descriptor_shared_bytes(KernelConfig(64, 64, 4, 3), 128) is None  # pointer loads: not estimated
+
+
+def test_the_profiling_runner_runs_a_built_in_kernel(specs):
+    """benchmarks/run_kernel.py, what ncu profiles on the GPU, here under the interpreter with a mask and a buffer."""
+    runner = Path(__file__).resolve().parents[1] / "benchmarks" / "run_kernel.py"
+    result = subprocess.run([sys.executable, str(runner), str(specs / "key_padding.py"), "BM32 BN32 w4 s2",
+                             "--shape", "1x2x64x16", "--device", "cpu", "--calls", "2"],
+                            env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "2 calls of key_padding (BM32 BN32 w4 s2) at 1x2x64x16" in result.stdout
