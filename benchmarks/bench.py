@@ -213,6 +213,11 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
     row.kgen_config, row.kgen_ms = cfg.label(), row.final_ms[cfg.label()]
 
 
+# flex's FLASH backend runs FlashAttention-4's CuTe DSL kernels (needs the flash-attn-4 package): compiled in the
+# default mode, with the backend chosen through kernel_options
+FLEX_BACKENDS = {"flash": ("default", {"BACKEND": "FLASH"})}
+
+
 def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -223,10 +228,12 @@ def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
     # each spec is a new score_mod for dynamo to guard on: past its recompile limit (8) it would silently run
     # flex_attention eagerly (20x slower), so every row starts from a clean slate
     torch._dynamo.reset()
-    compiled = torch.compile(flex_attention, mode=FLEX_MODES[mode], dynamic=False)
+    compile_mode, kernel_options = FLEX_BACKENDS.get(mode, (mode, None))
+    compiled = torch.compile(flex_attention, mode=FLEX_MODES[compile_mode], dynamic=False)
     gqa = shape.heads != shape.kv_heads
     return timing.time_calls(lambda i: compiled(*sets[i], score_mod=spec.score_mod, block_mask=block_mask,
-                                                enable_gqa=gqa), len(sets), **TIMING).ms
+                                                enable_gqa=gqa, kernel_options=kernel_options), len(sets),
+                             **TIMING).ms
 
 
 def _sdpa_ms(sets, kind: str) -> float:
@@ -247,8 +254,9 @@ def tflops(row: Row, shape: Shape, ms: float | None) -> float | None:
 
 def print_table(rows: list[Row], shapes: dict[str, Shape], modes: list[str]) -> None:
     ref_mode = "max-autotune" if "max-autotune" in modes else (modes[0] if modes else "(none timed)")
+    flash = "flash" in modes and ref_mode != "flash"  # FlashAttention-4 through flex: its own ratio column
     head = ["spec", "shape", "kgen TF/s", "config"] + [f"flex {m} TF/s" for m in modes] + \
-           ["SDPA TF/s", f"kgen/flex {ref_mode}", "kgen/SDPA"]
+           ["SDPA TF/s", f"kgen/flex {ref_mode}"] + ["kgen/flex flash"] * flash + ["kgen/SDPA"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     ratios = []
@@ -259,7 +267,8 @@ def print_table(rows: list[Row], shapes: dict[str, Shape], modes: list[str]) -> 
         if ratio:
             ratios.append(ratio)
         cells = [r.spec, r.shape, _num(tflops(r, s, r.kgen_ms)), r.kgen_config] + [_num(f) for f in flex] + \
-                [_num(tflops(r, s, r.sdpa_ms)), _times(ratio), _times(_speedup(r.sdpa_ms, r.kgen_ms))]
+                [_num(tflops(r, s, r.sdpa_ms)), _times(ratio)] + \
+                [_times(_speedup(r.flex_ms.get("flash"), r.kgen_ms))] * flash + [_times(_speedup(r.sdpa_ms, r.kgen_ms))]
         print("| " + " | ".join(cells) + " |")
     if ratios:
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
@@ -285,7 +294,8 @@ def main() -> int:
     parser.add_argument("--specs", default="", help="comma-separated spec names in --spec-dir (default: all)")
     parser.add_argument("--spec-dir", default=str(ROOT / "examples" / "specs"))
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="BxHxNxD,...")
-    parser.add_argument("--flex", default="default,max-autotune", help="flex compile modes to time")
+    parser.add_argument("--flex", default="default,max-autotune",
+                        help="flex modes to time: default, max-autotune, flash (FlashAttention-4's kernels)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--sweep", action="store_true", help="time a wide grid of configs instead of the search")

@@ -64,3 +64,51 @@ def test_workers_compile_by_module_name_and_say_what_failed(tmp_path):
     else:
         assert summary.startswith("precompile: 0 of 1 configs compiled ahead; 1 failed there") and "CUDA" in summary
     assert Precompiler([job], "fp16", workers=0).stop().startswith("precompile: off")
+
+
+def test_report_gives_flex_flash_its_own_ratio_column(tmp_path):
+    """FlashAttention-4 through flex (the FLASH backend) is a column of its own beside max-autotune, with its own
+    ratio; the geometric mean stays on max-autotune."""
+    noop = row("noop", 2.0, 2.4, sdpa_ms=1.6)
+    noop["flex_ms"]["flash"] = 1.6
+    (tmp_path / "a.json").write_text(json.dumps({"gpu": "Test GPU", "torch": "2.x", "rows": [noop]}))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--report", str(tmp_path / "a.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("| spec"))
+    assert head.endswith("| flex flash TF/s | SDPA TF/s | kgen/flex max-autotune | kgen/flex flash | kgen/SDPA |")
+    cells = next(line for line in lines if line.startswith("| noop")).split(" | ")
+    # 1.1 TFLOP: flash 1.6 ms is 687 TFLOP/s, and kgen at 2.0 ms is 0.80x of it
+    assert cells[6:11] == ["687", "687", "1.20x", "0.80x", "0.80x |"]
+    assert "geometric mean kgen/flex max-autotune: 1.200x over 1 rows" in done.stdout
+
+
+def test_ab_cases_read_back_and_a_bad_label_fails_before_any_gpu_time():
+    from benchmarks.ab import Case
+
+    assert Case.parse("rel_pos 2x16x8192x128 BM128 BN64 w4 s3 gluon persistent") == \
+        Case("rel_pos", "2x16x8192x128", "BM128 BN64 w4 s3 gluon persistent")
+    with pytest.raises(ValueError, match="not a config label"):
+        Case.parse("noop 2x16x8192x128 BM128 BN64 w4")
+
+
+def test_ab_renders_before_from_the_other_copys_templates(tmp_path):
+    """The A/B tool's 'before' kernels come from another copy of the repository (a git worktree, say): its
+    templates, not this checkout's."""
+    import shutil
+
+    from agent.builtin.lower import lower_spec
+    from agent.builtin.template import KernelConfig, render_kernel
+    from benchmarks.ab import base_renderer
+    from verifier.spec import SpecFiles, load_spec
+
+    shutil.copytree(ROOT / "agent", tmp_path / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    template = tmp_path / "agent" / "builtin" / "gluon.py.j2"
+    template.write_text(template.read_text().replace("CONSUMER_REGISTERS = 240", "CONSUMER_REGISTERS = 232"))
+    spec = load_spec(SpecFiles(str(ROOT / "examples" / "specs" / "noop.py")))
+    cfg = KernelConfig(128, 64, 4, 3, gluon=True)
+    before = base_renderer(tmp_path)(spec.name, lower_spec(spec), cfg)
+    after = render_kernel(spec.name, lower_spec(spec), cfg)
+    assert "CONSUMER_REGISTERS = 232" in before and "CONSUMER_REGISTERS = 240" in after
+    assert before.replace("= 232", "= 240") == after

@@ -1,0 +1,136 @@
+"""Two versions of the built-in templates, timed side by side in one process (CUDA): an A/B test of a change.
+
+`--base DIR` is another copy of the repository (say `git worktree add /tmp/base HEAD`), whose
+`agent/builtin` templates render the "before" kernels; this checkout's render the "after" ones. For every
+case, both kernels are checked against the float64 reference on the case's inputs, then timed in turn,
+`--reps` times each, alternating, `--seconds` a call each (the benchmark's timing: CUDA events, L2 flushed,
+three input sets rotated). Alternating in one process keeps the GPU's clock and power state the same for both,
+which separate runs do not: run to run a kernel's time moves by several percent.
+
+    python benchmarks/ab.py --base /tmp/base --case "rel_pos 2x16x8192x128 BM128 BN64 w4 s3 gluon persistent"
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.builtin.lower import lower_spec  # noqa: E402
+from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from benchmarks.bench import TIMING, _checker, load_module, parse_shape  # noqa: E402
+from verifier import timing  # noqa: E402
+from verifier.problem import DTYPES  # noqa: E402
+from verifier.spec import SpecFiles, load_spec  # noqa: E402
+from verifier.suite import Trial, make_inputs  # noqa: E402
+
+
+@dataclass
+class Case:
+    spec: str  # a name in --spec-dir
+    shape: str  # BxHxNxD
+    config: str  # a config label
+
+    @classmethod
+    def parse(cls, text: str) -> "Case":
+        spec, shape, config = text.split(maxsplit=2)
+        KernelConfig.from_label(config)  # a bad label fails here, before any GPU time
+        return cls(spec, shape, config)
+
+
+@dataclass
+class Result:
+    case: Case
+    error_ratio: dict = field(default_factory=dict)  # version -> worst error / tolerance (<= 1 is correct)
+    ms: dict = field(default_factory=dict)  # version -> [ms of each repetition]
+    error: str = ""
+
+
+def base_renderer(base: Path):
+    """render_kernel from the other copy's template module: it loads the templates beside it."""
+    path = base / "agent" / "builtin" / "template.py"
+    module_spec = importlib.util.spec_from_file_location("kgen_ab_base_template", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses look their module up there
+    module_spec.loader.exec_module(module)
+    return module.render_kernel
+
+
+def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seconds: float, workdir: Path) -> Result:
+    result = Result(case)
+    spec = load_spec(SpecFiles(str(spec_dir / f"{case.spec}.py")))
+    shape = parse_shape(case.shape)
+    cfg = KernelConfig.from_label(case.config)
+    sets = [make_inputs(Trial(id=f"s{i}", purpose="ab", shape=shape, seed=9001 + i), dtype, "cuda") for i in range(3)]
+    buffers = {n: t.cuda() for n, t in spec.buffers.items()}
+    check = _checker(spec, shape, sets[0], buffers)
+    kernels = {}
+    for version, render in renderers.items():
+        fn = load_module(render(spec.name, lower_spec(spec), cfg), workdir).attention
+        result.error_ratio[version] = round(check(fn(*sets[0], **buffers)), 3)
+        if result.error_ratio[version] > 1.0:
+            result.error = f"{version}: wrong output ({result.error_ratio[version]}x tolerance)"
+            return result
+        kernels[version] = fn
+    for _ in range(reps):
+        for version, fn in kernels.items():
+            ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), target_s=seconds, **TIMING).ms
+            result.ms.setdefault(version, []).append(round(ms, 4))
+    return result
+
+
+def print_table(results: list[Result]) -> None:
+    print("| case | config | before ms | after ms | after / before |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        if r.error:
+            print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | {r.error} | | |")
+            continue
+        before, after = r.ms["before"], r.ms["after"]
+        ratio = sum(after) / sum(before)
+        print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | {' / '.join(f'{x:.3f}' for x in before)} | "
+              f"{' / '.join(f'{x:.3f}' for x in after)} | {ratio:.3f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="another copy of the repository: its templates are 'before'")
+    parser.add_argument("--case", action="append", required=True, type=Case.parse,
+                        help='"SPEC BxHxNxD CONFIG LABEL", e.g. "noop 2x16x8192x128 BM128 BN64 w4 s3 gluon"')
+    parser.add_argument("--spec-dir", default=str(ROOT / "examples" / "specs"))
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed per call of each version")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--out", default="ab.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("ab.py times kernels on a CUDA GPU; none is visible here.", file=sys.stderr)
+        return 2
+    renderers = {"before": base_renderer(Path(args.base)), "after": render_kernel}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.case:
+            try:
+                results.append(run_case(case, renderers, Path(args.spec_dir), DTYPES[args.dtype], args.reps,
+                                        args.seconds, Path(tmp)))
+            except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
+                results.append(Result(case, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"))
+            print(json.dumps(asdict(results[-1])), flush=True)
+            Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(),
+                                                  "results": [asdict(r) for r in results]}, indent=1))
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}; {args.reps} repetitions of "
+          f"{args.seconds} s a call each, alternating\n")
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
