@@ -26,11 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from benchmarks.bench import TIMING, _checker, load_module, parse_shape  # noqa: E402
+from benchmarks.bench import TIMING, load_module, parse_shape, target_inputs  # noqa: E402
 from verifier import timing  # noqa: E402
 from verifier.problem import DTYPES  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
-from verifier.suite import Trial, make_inputs  # noqa: E402
 
 
 @dataclass
@@ -69,12 +68,11 @@ def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seco
     spec = load_spec(SpecFiles(str(spec_dir / f"{case.spec}.py")))
     shape = parse_shape(case.shape)
     cfg = KernelConfig.from_label(case.config)
-    sets = [make_inputs(Trial(id=f"s{i}", purpose="ab", shape=shape, seed=9001 + i), dtype, "cuda") for i in range(3)]
-    buffers = {n: t.cuda() for n, t in spec.buffers.items()}
-    check = _checker(spec, shape, sets[0], buffers)
+    sets, buffers, check = target_inputs(spec, shape, dtype)  # the benchmark's inputs, seeds and check
+    lowered = lower_spec(spec)
     kernels = {}
     for version, render in renderers.items():
-        fn = load_module(render(spec.name, lower_spec(spec), cfg), workdir).attention
+        fn = load_module(render(spec.name, lowered, cfg), workdir).attention
         result.error_ratio[version] = round(check(fn(*sets[0], **buffers)), 3)
         if result.error_ratio[version] > 1.0:
             result.error = f"{version}: wrong output ({result.error_ratio[version]}x tolerance)"

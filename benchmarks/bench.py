@@ -123,10 +123,7 @@ def measure(spec_path: Path, shape: Shape, dtype: torch.dtype, flex_modes: list[
     started = time.monotonic()
     spec = load_spec(SpecFiles(str(spec_path)))
     row = Row(spec=spec.name, shape=shape.label(), density=reference.mask_density(spec, shape, "cuda"))
-    sets = [make_inputs(Trial(id=f"s{i}", purpose="bench", shape=shape, seed=9001 + i), dtype, "cuda")
-            for i in range(3)]
-    buffers = {n: t.cuda() for n, t in spec.buffers.items()}
-    check = _checker(spec, shape, sets[0], buffers)
+    sets, buffers, check = target_inputs(spec, shape, dtype)
     kind = sdpa_kind(spec, shape)  # on the CPU copies of the buffers, so before they are swapped for GPU ones
     with reference.buffers_on(spec, buffers):
         for mode in flex_modes:  # baselines first: meanwhile the workers compile this row's kgen configs
@@ -148,6 +145,15 @@ def _phase(row: Row, name: str):
         yield
     finally:
         row.phase_seconds[name] = round(time.monotonic() - started, 1)
+
+
+def target_inputs(spec, shape: Shape, dtype: torch.dtype):
+    """What a row is timed on: three input sets on the GPU (rotated, so that none sits in L2), the spec's buffers
+    there, and the check of an output on the first set against the float64 reference."""
+    sets = [make_inputs(Trial(id=f"s{i}", purpose="bench", shape=shape, seed=9001 + i), dtype, "cuda")
+            for i in range(3)]
+    buffers = {n: t.cuda() for n, t in spec.buffers.items()}
+    return sets, buffers, _checker(spec, shape, sets[0], buffers)
 
 
 def _checker(spec, shape: Shape, inputs, buffers):
