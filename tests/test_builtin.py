@@ -371,3 +371,61 @@ def test_the_profiling_runner_runs_a_built_in_kernel(specs):
                             env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "2 calls of key_padding (BM32 BN32 w4 s2) at 1x2x64x16" in result.stdout
+
+
+LINEAR_BIASES = {  # score_mod bodies, and whether the lowering proves them score + a bias linear in the indices
+    "score + (kv_idx - q_idx) * torch.exp2(-(h + 1.0))": True,  # ALiBi
+    "score + (q_idx - kv_idx)": True,
+    "-(kv_idx - score) + 2 * q_idx - h / 4": True,
+    "score + by_head[h] * kv_idx": True,  # a buffer read at [h] is uniform over a tile
+    "score * 2 + q_idx": False,  # the score scaled: not score + bias
+    "score + q_idx * kv_idx": False,
+    "score + (q_idx - kv_idx) % 7": False,
+    "torch.tanh(score) + kv_idx": False,
+    "score + by_query[q_idx]": False,  # a bias of q_idx, but not a linear one
+    "score.to(torch.bfloat16) + kv_idx": False,  # the score rounded
+    "score + h": False,  # no index: nothing to gain
+}
+
+
+@pytest.mark.parametrize("body", LINEAR_BIASES)
+def test_the_lowering_proves_which_score_mods_add_a_linear_bias(tmp_path, body):
+    path = write_spec(tmp_path, "bias", f"""
+        by_head = torch.linspace(-1, 1, 16)
+        by_query = torch.linspace(-1, 1, 4096)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return {body}
+    """)
+    assert lower_spec(load_spec(SpecFiles(path))).score.linear_bias is LINEAR_BIASES[body]
+
+
+def test_a_linear_bias_is_added_by_block_and_the_verifier_accepts_it(tmp_path, verifier):
+    # offsets far from zero, a per-head slope, a mask that empties rows, GQA and ragged lengths (the verifier's
+    # shapes): the row and column vectors must add up to the score_mod on every score
+    path = write_spec(tmp_path, "shifted_alibi", """
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + (kv_idx - q_idx + 1000) * torch.exp2(-(h + 1.0)) - 0.5 * q_idx + 300.0
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & (q_idx % 5 != 2)
+    """)
+    source = builtin_kernel(path)
+    assert "_bias_of_block(" in source and "_score_mod(qk" not in source
+    verdict = verifier(path, path).verify(source)
+    assert verdict.accepted, verdict.message
+
+
+def test_a_score_mod_that_is_not_a_linear_bias_is_evaluated_on_every_score(specs):
+    source = builtin_kernel(specs / "softcap.py")
+    assert "_score_mod(qk * qk_scale" in source and "_bias_of_block" not in source
+
+
+@pytest.mark.parametrize("gluon", [False, True])
+def test_a_linear_bias_is_added_by_block_at_64_key_blocks_only(specs, gluon):
+    spec = load_spec(SpecFiles(str(specs / "alibi.py")))
+    lowered = lower_spec(spec)
+    narrow, wide = (render_kernel(spec.name, lowered, KernelConfig(128, n, 4, 3, tma=not gluon, gluon=gluon))
+                    for n in (64, 128))
+    assert "= _bias_of_block(" in narrow and "_bias_of_block" not in wide  # slower at 128 (measured on an H200)
+    assert "s = _score_mod(" in wide and "s = _score_mod(" not in narrow  # on every score

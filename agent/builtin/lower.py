@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from agent.builtin.additive import is_score_plus_linear_bias
 from verifier.spec import Spec
 
 TL_DTYPES = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32",
@@ -76,6 +77,9 @@ class LoweredFunction:
     source: str  # a @triton.jit function
     depends: set[str]  # which of s, b, h, q, kv the result depends on
     ops: list[str] = field(default_factory=list)
+    # score_mod only: it returns score + a bias linear in q_idx and kv_idx (see additive.py), which a kernel may
+    # add as a row vector and a column vector per key block instead of evaluating it on every score
+    linear_bias: bool = False
 
 
 @dataclass
@@ -183,7 +187,8 @@ def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], 
                             f"to Triton{': ' + e.why if e.why else ''}. {SUPPORTED}") from None
     signature = ", ".join(params + ["q_ok", "kv_ok"]) + "".join(buffer_signature(n, r) for n, r in buffers.items())
     source = f"@triton.jit\ndef {name}({signature}):\n" + "".join(f"    {line}\n" for line in body)
-    return LoweredFunction(name=name, source=source, depends=emitter.result_depends, ops=emitter.ops)
+    return LoweredFunction(name=name, source=source, depends=emitter.result_depends, ops=emitter.ops,
+                           linear_bias=name == "_score_mod" and is_score_plus_linear_bias(gm, params))
 
 
 class _Emitter:

@@ -53,9 +53,20 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
         raise ValueError("only the Gluon kernel has a persistent form")
     return TEMPLATES.get_template("gluon.py.j2" if cfg.gluon else "flash.py.j2").render(
         spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
-        score=lowered.score, mask=mask, buffer_params=lowered.buffer_params(),
+        score=lowered.score, mask=mask, linear_bias=_adds_bias_by_block(lowered, cfg),
+        buffer_params=lowered.buffer_params(),
         buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
         mask_uses_b=bool(mask and "b" in mask.depends), mask_uses_h=bool(mask and "h" in mask.depends))
+
+
+def _adds_bias_by_block(lowered: LoweredSpec, cfg: KernelConfig) -> bool:
+    """Whether the kernel adds a linear score_mod bias as a row and a column vector per key block (one
+    multiply-add a score) rather than evaluating score_mod on every score. At 64-key blocks only: the compiler
+    keeps the column vector in registers across the key loop, which wider blocks pay for. On an H200 (A/B,
+    benchmarks/results/h200-2026-12-03-ab-linear-bias.json) the Gluon kernel's 64-key blocks ran ALiBi and
+    rel_pos at D=128 5-12% faster, while Triton's 128-key blocks at D=64 ran them 13-20% slower (and ptxas
+    spilled inside the Gluon kernel's key loop at 128-key blocks)."""
+    return bool(lowered.score and lowered.score.linear_bias and cfg.block_n <= 64)
 
 
 def _used_helpers(helpers: str, code: str) -> str:
