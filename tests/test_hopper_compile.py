@@ -80,6 +80,19 @@ def test_the_builtin_gluon_kernel_compiles_for_hopper(specs, spec, head_dim):
     assert ("TANH" in report["special_function_instructions"]) == (spec == "softcap")
 
 
+@pytest.mark.parametrize("bias", ["by_head[h] * (kv_idx - q_idx)", "table[(q_idx - kv_idx).abs()]"])
+def test_the_gluon_kernel_passes_captured_buffers_to_a_score_mod_without_a_mask(tmp_path, bias):
+    """A score_mod that reads a captured buffer, with no mask_mod: the dense Gluon kernel hands the buffer down to
+    its softmax step (it did not, and failed to compile), whether the bias is added by block (a slope per head) or
+    on every score (a table indexed by distance)."""
+    spec = tmp_path / "buffered.py"
+    spec.write_text("import torch\nby_head = torch.linspace(-1, 1, 16)\ntable = torch.linspace(-1, 1, 16384)\n\n\n"
+                    f"def score_mod(score, b, h, q_idx, kv_idx):\n    return score + {bias}\n")
+    report = compile_builtin(str(spec), KernelConfig(128, 64, 4, 4, gluon=True, persistent=True), head_dim=128)
+    assert report["tensor_core_instructions"] > 0 and report["spill_instructions"] == 0
+    assert not report["wgmma_serialized"]
+
+
 @pytest.mark.parametrize("spec", ["causal", "key_padding", "sliding_window"])
 def test_the_gluon_kernel_with_a_block_map_compiles_for_hopper(specs, spec):
     """The mask form (whole key blocks, then cut ones, read from the block map; key_padding reads a captured
