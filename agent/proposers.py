@@ -14,7 +14,7 @@ import torch
 import triton
 
 import prompts
-from agent.builtin.lower import lower_spec
+from agent.builtin.lower import LoweringError, lower_spec
 from agent.builtin.template import KernelConfig, render_kernel
 from agent.extract import FormatError, extract_kernel
 from agent.llm import ChatClient
@@ -249,7 +249,19 @@ def first_prompt(context: SearchContext) -> str:
                for n, t in spec.buffers.items()]
     return prompts.render("first", spec_source=spec.source, buffers=buffers, shape=problem.shape, dtype=problem.dtype,
                           device=problem.device, gpu=context.gpu, triton_version=triton.__version__,
-                          torch_version=torch.__version__.split("+")[0], density=context.density, seed=seed)
+                          torch_version=torch.__version__.split("+")[0], density=context.density, seed=seed,
+                          linear_bias=adds_linear_bias(spec))
+
+
+def adds_linear_bias(spec: Spec) -> bool:
+    """Whether the spec's score_mod is score + a bias linear in q_idx and kv_idx (what the lowering proves; a spec
+    it cannot lower says nothing)."""
+    if spec.score_mod is None:
+        return False
+    try:
+        return lower_spec(spec).score.linear_bias
+    except LoweringError:
+        return False
 
 
 def feedback_prompt(attempt: Attempt, history: list[dict], context: SearchContext) -> str:

@@ -50,6 +50,14 @@ def test_first_prompt_carries_spec_shape_buffers_and_seed(context):
     assert "Compiled:" not in seeded  # no compiler report (a CPU run): nothing said
 
 
+def test_the_first_prompt_says_when_a_score_mod_is_a_linear_bias(specs, context):
+    """What the template knows reaches the model: ALiBi's bias can be added per key block, not per score."""
+    problem = Problem(SpecFiles(str(specs / "alibi.py")), SMALL, "bf16", "cpu")
+    alibi = SearchContext(problem=problem, spec=load_spec(problem.spec), gpu=None, density=1.0, best=None)
+    assert "bias linear in q_idx and kv_idx" in first_prompt(alibi)
+    assert "bias linear" not in first_prompt(context)  # key padding: a mask, no score_mod
+
+
 def test_the_seed_comes_with_what_the_compiler_made_of_it(context):
     """The kernel to beat, as the model first sees it, carries its compiler report (where its registers went)."""
     verdict = accepted_verdict()
