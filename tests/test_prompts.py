@@ -58,6 +58,17 @@ def test_the_first_prompt_says_when_a_score_mod_is_a_linear_bias(specs, context)
     assert "bias linear" not in first_prompt(context)  # key padding: a mask, no score_mod
 
 
+def test_a_spec_the_lowering_refuses_still_gets_a_first_prompt(tmp_path):
+    """The model is the only way to such a spec: the linear-bias check says nothing rather than failing."""
+    spec = tmp_path / "running_sum.py"
+    spec.write_text("import torch\n\n\ndef score_mod(score, b, h, q_idx, kv_idx):\n"
+                    "    return torch.cumsum(score, dim=0) + kv_idx\n")
+    problem = Problem(SpecFiles(str(spec)), SMALL, "bf16", "cpu")
+    text = first_prompt(SearchContext(problem=problem, spec=load_spec(problem.spec), gpu=None, density=1.0,
+                                      best=None))
+    assert "torch.cumsum(score, dim=0)" in text and "bias linear" not in text
+
+
 def test_the_seed_comes_with_what_the_compiler_made_of_it(context):
     """The kernel to beat, as the model first sees it, carries its compiler report (where its registers went)."""
     verdict = accepted_verdict()
