@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-CASTS = {"_to_copy", "to", "_convert_element_type", "type_as"}
-VIEWS = {"alias", "clone", "view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "detach",
-         "lift_fresh_copy", "lift_fresh", "contiguous", "broadcast_to", "expand_as"}
+from agent.builtin.aten import CASTS, PASSTHROUGH, op_name
+
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,8 @@ def _form_of(node: torch.fx.Node, forms: dict) -> Form | None:
         return None
     if all(f.scalar for f in inputs):  # b, h, constants, buffer reads at [b, h]: uniform whatever the op
         return Form()
-    op = node.target.overloadpacket.__name__ if hasattr(node.target, "overloadpacket") else str(node.target)
-    if op in VIEWS:
+    op = op_name(node)
+    if op in PASSTHROUGH:
         return _arg(node.args[0], forms)
     if op in CASTS:  # of index terms only: kernels pass the score as a constant when they evaluate the bias
         x = _arg(node.args[0], forms)

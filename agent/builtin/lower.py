@@ -22,6 +22,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from agent.builtin.additive import is_score_plus_linear_bias
+from agent.builtin.aten import CASTS, PASSTHROUGH, op_name
 from verifier.spec import Spec
 
 TL_DTYPES = {torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16", torch.float32: "tl.float32",
@@ -267,7 +268,7 @@ class _Emitter:
 
     # --------------------------------------------------------------------------------------------- ops
     def _call(self, node: torch.fx.Node) -> None:
-        op = node.target.overloadpacket.__name__ if hasattr(node.target, "overloadpacket") else str(node.target)
+        op = op_name(node)
         self.ops.append(op)
         a = [self._ref(x) if not isinstance(x, (list, tuple, torch.dtype, type(None))) else x for x in node.args]
         kw = node.kwargs
@@ -303,7 +304,7 @@ class _Emitter:
             return self._assign(node, self._clamp(op, a, node))
         if op == "pow":
             return self._assign(node, self._pow(node, a[0], a[1]))
-        if op in ("_to_copy", "to", "type_as", "_convert_element_type"):
+        if op in CASTS:
             return self._assign(node, a[0])  # _assign casts to the traced dtype
         if op in ("scalar_tensor", "full"):
             value = node.args[0] if op == "scalar_tensor" else node.args[1]
@@ -384,8 +385,6 @@ def _power_of_two(divisor) -> int | None:
     return None
 
 
-PASSTHROUGH = {"alias", "clone", "view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "detach",
-               "lift_fresh_copy", "lift_fresh", "contiguous", "broadcast_to", "expand_as"}
 UNARY = {
     "neg": "-({})", "abs": "tl.abs({})", "exp": "tl.exp(({}).to(tl.float32))", "exp2": "tl.exp2(({}).to(tl.float32))",
     "log": "tl.log(({}).to(tl.float32))", "log2": "tl.log2(({}).to(tl.float32))", "sqrt": "tl.sqrt(({}).to(tl.float32))",
