@@ -95,14 +95,16 @@ def shape_of_label(label: str) -> Shape:
 
 
 def report(paths: list[str]) -> int:
-    """One table over saved result files (the benchmark split over several device calls, say)."""
-    rows, gpus, runs = [], set(), []
+    """One table over saved result files (the benchmark split over several device calls, say). A row timed again
+    in a later file (after a fix, say) replaces the earlier one, in its place."""
+    by_case, gpus, runs = {}, set(), []
     for path in paths:
         data = json.loads(Path(path).read_text())
         gpus.add(f"{data['gpu']}, torch {data['torch']}")
-        rows += [Row(**r) for r in data["rows"]]
+        by_case.update({(r["spec"], r["shape"]): Row(**r) for r in data["rows"]})
         runs.append(f"{len(data['rows'])} rows in {data['wall_seconds']} s" if "wall_seconds" in data
                     else f"{len(data['rows'])} rows")
+    rows = list(by_case.values())
     modes = list(dict.fromkeys(m for r in rows for m in r.flex_ms))
     print(f"{'; '.join(sorted(gpus))}: {len(paths)} run(s) ({', '.join(runs)})\n")
     print_table(rows, {r.shape: shape_of_label(r.shape) for r in rows}, modes)

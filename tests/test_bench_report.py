@@ -33,6 +33,18 @@ def test_report_merges_files_into_one_table_with_ratios(tmp_path):
     assert "Test GPU" in lines[0] and "2 run(s) (1 rows in 42 s, 1 rows)" in lines[0]
 
 
+def test_a_row_timed_again_in_a_later_file_replaces_the_earlier_one(tmp_path):
+    first = [row("noop", 2.0, 2.4), row("softcap", 4.0, 3.0)]
+    for name, rows in (("a.json", first), ("b.json", [row("noop", 1.0, 2.4)])):
+        (tmp_path / name).write_text(json.dumps({"gpu": "Test GPU", "torch": "2.x", "rows": rows}))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--report",
+                           str(tmp_path / "a.json"), str(tmp_path / "b.json")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    noop = [line for line in done.stdout.splitlines() if line.startswith("| noop")]
+    assert len(noop) == 1 and "2.40x" in noop[0]  # the second timing, 1.0 ms
+    assert "over 2 rows" in done.stdout
+
+
 def test_the_workers_compile_every_config_a_row_may_try():
     """The first configs of the search and every refinement the search could ask for after them."""
     from agent.proposers import first_configs, refinements, shared_memory_check

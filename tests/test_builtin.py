@@ -150,12 +150,13 @@ def test_block_skipping_empties_whole_blocks(tmp_path, verifier):
     assert verifier(path).verify(source).accepted
     found = run_interpreted(source, """
         q = torch.randn(1, 1, 128, 16, dtype=torch.float16)
-        summary, lists, nkb, full_runs, part_runs = module._get_block_map(q, q, {})
+        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, q, {})
         print(json.dumps({"nkb": nkb, "summary": summary[0, 0].tolist(), "full_lists": lists[1, 0, 0, :, 0].tolist(),
                           "runs": [full_runs, part_runs]}))
     """, tmp_path)
     # per query block: one whole block, a run starting at its own block; nothing cut
-    assert found["nkb"] == 4 and found["summary"] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 2, 0, 0], [1, 3, 0, 0]]
+    assert found["nkb"] == 4 and found["summary"] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 2, 0, 0, 0],
+                                                      [1, 3, 0, 0, 0]]
     assert found["full_lists"] == [0, 1, 2, 3]  # each query block loads only its own key block
     assert found["runs"] == [True, True]  # so the kernel computes block addresses instead of reading the lists
 
@@ -195,12 +196,66 @@ def test_block_skipping_with_kept_blocks_that_are_not_one_run(tmp_path, verifier
     found = run_interpreted(source, """
         q = torch.randn(1, 1, 64, 16, dtype=torch.float16)
         k = torch.randn(1, 1, 160, 16, dtype=torch.float16)
-        summary, lists, nkb, full_runs, part_runs = module._get_block_map(q, k, {})
+        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, k, {})
         print(json.dumps({"nkb": nkb, "summary": summary[0, 0, 0].tolist(), "full": lists[1, 0, 0, 0, :3].tolist(),
                           "runs": [full_runs, part_runs]}))
     """, tmp_path)
-    assert found["nkb"] == 5 and found["summary"] == [3, -1, 2, -1] and found["full"] == [0, 2, 4]
+    assert found["nkb"] == 5 and found["summary"] == [3, -1, 2, -1, 0] and found["full"] == [0, 2, 4]
     assert found["runs"] == [False, False]
+
+
+def test_cut_blocks_that_keep_a_conjunct_whole_leave_it_out(specs, tmp_path, verifier):
+    """Dilated causal is `(q >= kv) & (q - kv even)`. Below the diagonal `q >= kv` holds on the whole block: the
+    block map lists those cut blocks first, as light ones, and the kernel tests only the parity there."""
+    source = builtin_kernel(specs / "dilated_causal.py")
+    assert "keep = keep & (t4)" in source and "WHOLE" in source
+    found = run_interpreted(source, """
+        q = torch.randn(1, 1, 256, 16, dtype=torch.float16)
+        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, q, {})
+        print(json.dumps({"summary": summary[0, 0].tolist(), "cut": lists[0, 0, 0, 7].tolist(), "light": light,
+                          "runs": [full_runs, part_runs]}))
+    """, tmp_path)
+    assert found["light"] == 1  # the first conjunct, q_idx >= kv_idx, is left out of light blocks
+    # query block m: no whole block; m + 1 cut blocks, the m below the diagonal light; one run from block 0
+    assert found["summary"] == [[0, 0, m + 1, 0, m] for m in range(8)]
+    assert found["cut"] == list(range(8)) and found["runs"] == [True, True]
+    # what the verifier's shapes need (a mask-wide test: listing the diagonal block as light fails it)
+    assert verifier("dilated_causal").verify(source).accepted
+
+
+def block_map_of(source: str, tmp_path: Path, n: int, row: int) -> dict:
+    return run_interpreted(source, f"""
+        q = torch.randn(1, 1, {n}, 16, dtype=torch.float16)
+        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, q, {{}})
+        print(json.dumps({{"summary": summary[0, 0, {row}].tolist(), "cut": lists[0, 0, 0, {row}].tolist(),
+                           "light": light}}))
+    """, tmp_path)
+
+
+def test_the_conjunct_left_out_is_the_one_whole_on_most_cut_blocks(tmp_path, verifier):
+    """Even keys, causal: the parity cuts every block, `q >= kv` is whole below the diagonal. The second
+    conjunct is the one left out (bitmask 2), from the blocks below the diagonal, listed before it."""
+    path = write_spec(tmp_path, "even_keys", """
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx % 2 == 0) & (q_idx >= kv_idx)
+    """)
+    source = builtin_kernel(path)
+    assert verifier(path).verify(source).accepted
+    found = block_map_of(source, tmp_path, 256, row=3)
+    assert found["light"] == 2 and found["summary"] == [0, 0, 4, 0, 3] and found["cut"][:4] == [0, 1, 2, 3]
+
+
+def test_a_light_block_or_two_a_row_is_not_worth_a_second_loop(tmp_path, verifier):
+    """A 40-key causal window: each row's cut blocks are the diagonal and one or two at the window's edge, where
+    `q >= kv` is whole. Too few to pay for a second cut loop: none is light."""
+    path = write_spec(tmp_path, "window40", """
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & (q_idx - kv_idx <= 40)
+    """)
+    source = builtin_kernel(path)
+    assert verifier(path).verify(source).accepted
+    found = block_map_of(source, tmp_path, 256, row=3)
+    assert found["light"] == 0 and found["summary"] == [0, 0, 3, 1, 0] and found["cut"][:3] == [1, 2, 3]
 
 
 def test_block_skipping_rows_with_every_key_masked_give_zeros(tmp_path, verifier):
@@ -278,7 +333,7 @@ def test_the_persistent_gluon_kernel_deals_query_tiles_by_their_work(specs, tmp_
     source = render_kernel(spec.name, lower_spec(spec), KernelConfig(128, 64, 4, 4, gluon=True, persistent=True))
     found = run_interpreted(source, """
         n_m, B, H = 16, 2, 16
-        summary = torch.zeros(1, 1, n_m, 4, dtype=torch.int32)
+        summary = torch.zeros(1, 1, n_m, 5, dtype=torch.int32)
         summary[0, 0, :, 0] = 2 * torch.arange(n_m)  # whole key blocks below the diagonal, two cut on it
         summary[0, 0, :, 2] = 2
         dealt = {}

@@ -129,3 +129,17 @@ def test_the_listing_is_read_past_address_ffff():
                "                                                                    /* 0x000fca0000000f00 */\n"
                "        /*10000*/                  STL [R1], R2 ;                   /* 0x0001e80000100800 */\n")
     assert sass_listing(listing) == [(0xfff0, "FMUL R1, R2, R3 ;"), (0x10000, "STL [R1], R2 ;")]
+
+
+def test_the_light_loop_is_compiled_only_for_shapes_with_light_blocks(specs):
+    """Dilated causal has two conjuncts; the Triton kernel runs its light cut blocks in a loop of their own. Without
+    light blocks (LIGHT=0, as for a sliding window's shapes) that loop is not compiled at all: the kernel has the
+    matmuls of a one-conjunct mask's (whole blocks, cut blocks); with LIGHT=1 a third loop's worth, whose steps test
+    fewer conjuncts than the cut loop's."""
+    cfg = KernelConfig(64, 64, 4, 3, tma=True)
+    causal = compile_builtin(str(specs / "causal.py"), cfg, head_dim=128)
+    dilated = {light: compile_builtin(str(specs / "dilated_causal.py"), cfg, head_dim=128, light=light)
+               for light in (0, 1)}
+    assert dilated[0]["tensor_core_instructions"] == causal["tensor_core_instructions"]
+    assert 2 * dilated[1]["tensor_core_instructions"] == 3 * causal["tensor_core_instructions"]
+    assert all(report["spill_instructions"] == 0 for report in dilated.values())

@@ -41,26 +41,27 @@ TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float
 
 
 def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
-                    even_kv: bool = True, runs: bool = True) -> dict:
+                    even_kv: bool = True, runs: bool = True, light: int = 0) -> dict:
     """Render the built-in kernel for `cfg` and compile its attention kernel for sm_90; report the result."""
-    return {"config": cfg.label(), **facts(compiled_builtin(spec_path, cfg, head_dim, dtype, even_kv, runs))}
+    return {"config": cfg.label(), **facts(compiled_builtin(spec_path, cfg, head_dim, dtype, even_kv, runs, light))}
 
 
 def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
-                     even_kv: bool = True, runs: bool = True):
-    """The built-in kernel's `_attn_fwd` for `cfg`, compiled for sm_90 (a Triton CompiledKernel, not loaded)."""
+                     even_kv: bool = True, runs: bool = True, light: int = 0):
+    """The built-in kernel's `_attn_fwd` for `cfg`, compiled for sm_90 (a Triton CompiledKernel, not loaded).
+    `light`: the mask's conjuncts left out of light cut blocks (the block map's choice; 0: none)."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
     module = load_module(source, Path(tempfile.gettempdir()))
     if cfg.gluon:
-        return _compile_gluon(module, cfg, spec, head_dim, dtype, even_kv)
+        return _compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light)
     kernel = module._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
     constants = dict(BM=cfg.block_m, BN=cfg.block_n, D=head_dim, DP=dp, EVEN_D=dp == head_dim, SCALE_POSITIVE=True,
                      EVEN_KV=even_kv)
     if spec.mask_mod:
-        constants.update(FULL_RUNS=runs, PART_RUNS=runs)
+        constants.update(FULL_RUNS=runs, PART_RUNS=runs, LIGHT=light)
     return compile_for_hopper(kernel, signature, constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
@@ -80,14 +81,14 @@ def facts(compiled) -> dict:
             "ptxas_warnings": warnings}
 
 
-def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool):
+def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool, light: int):
     """The Gluon kernel's `_attn_fwd`, its descriptor types taken from descriptors over a CPU tensor."""
     import torch
     from triton.runtime.jit import mangle_type
     t = torch.empty(1, 1, 256, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     descs = [module._descriptor(t, rows) for rows in (cfg.block_m // 2, cfg.block_n, cfg.block_n, cfg.block_m // 2)]
     constants = dict(BMH=cfg.block_m // 2, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
-                     SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS)
+                     SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS, LIGHT=light)
     constants = {name: value for name, value in constants.items() if name in module._attn_fwd.arg_names}
     signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)))
     signature.update({name: "constexpr" if name in constants else _type(name, cfg, spec, head_dim, dtype)
@@ -97,7 +98,7 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
 
 def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
     """The Triton signature type of one `_attn_fwd` argument, as the wrapper would pass it."""
-    if name in ("BM", "BN", "D", "DP", "EVEN_D", "SCALE_POSITIVE", "FULL_RUNS", "PART_RUNS", "EVEN_KV"):
+    if name in ("BM", "BN", "D", "DP", "EVEN_D", "SCALE_POSITIVE", "FULL_RUNS", "PART_RUNS", "EVEN_KV", "LIGHT"):
         return "constexpr"
     if name in ("Q", "K", "V", "O"):
         rows = cfg.block_m if name in ("Q", "O") else cfg.block_n
@@ -151,8 +152,10 @@ def main() -> int:
     parser.add_argument("--config", default="BM128 BN64 w8 s3", type=_config,
                         help='a config label, as the benchmark and run reports write it: "BM128 BN128 w8 s3 tma"')
     parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--light", type=int, default=0,
+                        help="the mask's conjuncts (a bitmask) left out of light cut blocks, as the block map picks")
     args = parser.parse_args()
-    print(json.dumps(compile_builtin(args.spec, args.config, args.head_dim), indent=1))
+    print(json.dumps(compile_builtin(args.spec, args.config, args.head_dim, light=args.light), indent=1))
     return 0
 
 

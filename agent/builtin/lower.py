@@ -81,6 +81,10 @@ class LoweredFunction:
     # score_mod only: it returns score + a bias linear in q_idx and kv_idx (see additive.py), which a kernel may
     # add as a row vector and a column vector per key block instead of evaluating it on every score
     linear_bias: bool = False
+    # mask_mod only: `_mask_cut`, the mask as a conjunction (its top-level `&`s, at most MAX_CONJUNCTS of them)
+    # that can leave out the conjuncts a key block keeps whole; and how many conjuncts it has
+    cut_source: str = ""
+    conjuncts: int = 1
 
 
 @dataclass
@@ -188,8 +192,35 @@ def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], 
                             f"to Triton{': ' + e.why if e.why else ''}. {SUPPORTED}") from None
     signature = ", ".join(params + ["q_ok", "kv_ok"]) + "".join(buffer_signature(n, r) for n, r in buffers.items())
     source = f"@triton.jit\ndef {name}({signature}):\n" + "".join(f"    {line}\n" for line in body)
-    return LoweredFunction(name=name, source=source, depends=emitter.result_depends, ops=emitter.ops,
-                           linear_bias=name == "_score_mod" and is_score_plus_linear_bias(gm, params))
+    lowered = LoweredFunction(name=name, source=source, depends=emitter.result_depends, ops=emitter.ops,
+                              linear_bias=name == "_score_mod" and is_score_plus_linear_bias(gm, params))
+    if name == "_mask_mod":
+        conjuncts = _merged(emitter.result_conjuncts)
+        lowered.cut_source = _cut_source(signature, body[:-1], conjuncts)
+        lowered.conjuncts = len(conjuncts)
+    return lowered
+
+
+MAX_CONJUNCTS = 2  # a kernel has a variant per set of conjuncts it may leave out: 2 conjuncts make 3 of them
+
+
+def _merged(conjuncts: list[str]) -> list[str]:
+    """At most MAX_CONJUNCTS conjuncts: the last takes in the rest."""
+    head = conjuncts[:MAX_CONJUNCTS - 1]
+    rest = conjuncts[MAX_CONJUNCTS - 1:]
+    if len(rest) > 1:
+        rest = [" & ".join(f"({c})" for c in rest)]
+    return head + rest
+
+
+def _cut_source(signature: str, lines: list[str], conjuncts: list[str]) -> str:
+    """`_mask_cut(..., keep, WHOLE)`: keep & the mask, less the conjuncts whose bits WHOLE sets. The block map
+    finds which conjuncts are true on the whole of a key block that the mask cuts: below the diagonal a dilated
+    causal mask's `q_idx >= kv_idx` is, so that block needs its parity test alone. The compiler drops the code
+    of a conjunct left out."""
+    tests = "".join(f"    if (WHOLE & {1 << i}) == 0:\n        keep = keep & ({c})\n" for i, c in enumerate(conjuncts))
+    return (f"@triton.jit\ndef _mask_cut({signature}, keep, WHOLE: tl.constexpr):\n"
+            + "".join(f"    {line}\n" for line in lines) + tests + "    return keep\n")
 
 
 class _Emitter:
@@ -202,6 +233,7 @@ class _Emitter:
         self.lines: list[str] = []
         self.ops: list[str] = []
         self.result_depends: set[str] = set()
+        self.result_conjuncts: list[str] = []
 
     def emit(self) -> list[str]:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -217,8 +249,19 @@ class _Emitter:
                 result = node.args[0]
                 result = result[0] if isinstance(result, (tuple, list)) else result
                 self.result_depends = self.deps.get(result, set())
+                self.result_conjuncts = [self._ref(c) for c in self._conjuncts(result)]
                 self.lines.append(f"return {self._ref(result)}")
         return self.lines
+
+    def _conjuncts(self, value) -> list:
+        """The terms of `value` as a top-level `a & b & ...` of booleans (itself, if it is not one)."""
+        if isinstance(value, torch.fx.Node) and value.op == "call_function":
+            if op_name(value) in PASSTHROUGH:
+                return self._conjuncts(value.args[0])
+            if op_name(value) in ("bitwise_and", "logical_and") and all(
+                    isinstance(a, torch.fx.Node) and _is_bool(a) for a in value.args[:2]):
+                return self._conjuncts(value.args[0]) + self._conjuncts(value.args[1])
+        return [value]
 
     # ------------------------------------------------------------------------------------------ helpers
     def _ref(self, arg) -> str:
@@ -367,6 +410,11 @@ class _Emitter:
         expr = f"tl.load({buf} + {offset}" + (f", mask={mask}, other=0)" if mask else ")")
         self._assign(node, expr)
         self.deps[node] = deps
+
+
+def _is_bool(node: torch.fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dtype == torch.bool
 
 
 def _is_number(expr: str) -> bool:
