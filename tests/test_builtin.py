@@ -300,8 +300,9 @@ def test_the_gluon_kernel_is_searched_on_hopper(specs):
     """Warp-specialized Gluon: first at D=128 (it won on dense specs, causal and key padding), last at D=64 with
     128-key blocks (a few percent ahead on some specs, far behind on others), never off Hopper or under the
     interpreter, nor at head dims its tiles do not fit."""
-    first, second = search_space(128, interpreted=False, hopper=True, gluon=True)[:2]
+    first, second, wide = search_space(128, interpreted=False, hopper=True, gluon=True)[:3]
     assert first.gluon and first.persistent and second == replace(first, persistent=False)  # both forms timed
+    assert wide == KernelConfig(128, 128, 4, 2, gluon=True)  # 128-key blocks, Q in shared memory: two stages fit
     at_64 = search_space(64, interpreted=False, hopper=True, gluon=True)
     assert [c.gluon for c in at_64] == [False] * (len(at_64) - 1) + [True] and at_64[-1].block_n == 128
     for args in [(128, False, True, False), (128, False, False, True), (128, True, True, True),
@@ -398,6 +399,18 @@ def test_refinements_move_the_stages_of_the_fastest_config_only():
     assert near == [KernelConfig(128, 128, 8, 2, tma=True), KernelConfig(128, 128, 8, 4, tma=True)]
     assert refinements({fast: 1.0, **{c: 1.5 for c in near}}) == []  # nothing new left: the search ends
     assert refinements({slow: None}) == []  # nothing timed, nothing to refine
+
+
+def test_the_gluon_kernel_is_never_tried_with_one_stage(specs):
+    """It issues the next block's QK^T before this block's PV, so one stage would leave the loader waiting for a
+    stage the consumers hold: the kernel hung on an H200 when the search refined a two-stage winner down to one.
+    The search stops at two, and rendering one is an error rather than a hang."""
+    gluon, triton_kernel = KernelConfig(128, 128, 4, 2, gluon=True), KernelConfig(64, 64, 4, 2, tma=True)
+    assert refinements({gluon: 1.0}) == [KernelConfig(128, 128, 4, 3, gluon=True)]
+    assert KernelConfig(64, 64, 4, 1, tma=True) in refinements({triton_kernel: 1.0})
+    lowered = lower_spec(load_spec(SpecFiles(str(specs / "noop.py"))))
+    with pytest.raises(ValueError, match="two stages or more"):
+        render_kernel("noop", lowered, KernelConfig(128, 128, 4, 1, gluon=True))
 
 
 def test_config_labels_read_back():

@@ -86,8 +86,8 @@ def test_an_interpreted_run_has_no_compiled_kernels(tmp_path, monkeypatch):
 
 
 def test_the_variants_of_a_kernel_are_merged_and_a_serialized_one_shows(specs):
-    """Two real sm_90 compiles of `_attn_fwd` (the Gluon kernel at 64- and at 128-key blocks; ptxas serializes the
-    wgmmas of the second), kept the way Triton keeps a launched @jit function's variants, make one entry: the
+    """Two real sm_90 compiles of `_attn_fwd` (the Gluon kernel with 64 and with 128 query rows a warpgroup; ptxas
+    serializes the wgmmas of the second), kept the way Triton keeps a launched @jit function's variants, make one entry: the
     most shared memory either needs, and ptxas's message."""
     import sys
     import types
@@ -98,17 +98,17 @@ def test_the_variants_of_a_kernel_are_merged_and_a_serialized_one_shows(specs):
 
     from agent.builtin.template import KernelConfig
 
-    small, large = (compiled_builtin(str(specs / "noop.py"), KernelConfig(128, n, 4, s, gluon=True), head_dim=128)
-                    for n, s in ((64, 4), (128, 2)))
+    small, large = (compiled_builtin(str(specs / "noop.py"), KernelConfig(m, 64, 4, s, gluon=True), head_dim=128)
+                    for m, s in ((128, 4), (256, 2)))
 
     class Launched:  # a @jit function's per-device caches: (compiled kernels by key, and what binds arguments)
-        device_caches = {0: ({"64-key blocks": small, "128-key blocks": large}, None, None, None, None)}
+        device_caches = {0: ({"64 rows a warpgroup": small, "128 rows a warpgroup": large}, None, None, None, None)}
 
     [kernel] = compiled_kernels(types.SimpleNamespace(_attn_fwd=Launched(), SCALE=2.0))
     assert kernel["name"] == "_attn_fwd" and kernel["variants"] == 2
     assert kernel["shared_bytes"] == max(small.metadata.shared, large.metadata.shared)
     assert kernel["wgmma_serialized"] is True and any("C751" in w for w in kernel["ptxas_warnings"])
     assert kernel["registers"] is None  # known once loaded on a GPU; the CPU compile loads nothing
-    # read from the machine code, which the CPU compile has: the 128-key variant spills in its key loop too
+    # read from the machine code, which the CPU compile has: the 128-row variant spills in its key loop too
     assert kernel["loop_spill_instructions"] > 0 and kernel_facts("_attn_fwd", small)["loop_spill_instructions"] == 0
     assert describe(kernel).startswith("_attn_fwd (2 variants): 192 KiB shared memory, ptxas serialized its wgmmas")

@@ -113,14 +113,27 @@ def test_a_kernel_that_runs_out_of_registers_spills_in_its_matmul_loop(specs):
     assert report["spill_instructions"] >= report["matmul_loop_spill_instructions"]
 
 
-def test_a_gluon_kernel_with_128_key_blocks_is_reported_serialized(specs):
-    """Why the search keeps the Gluon kernel at 64-key blocks: at 128 the matmuls in flight need more registers
-    than ptxas can give them, and it waits for every wgmma before issuing the next. The SASS still holds its
-    tensor-core instructions; only ptxas's own message, which the report carries, tells."""
-    report = compile_builtin(str(specs / "noop.py"), KernelConfig(128, 128, 4, 2, gluon=True), head_dim=128)
+def test_a_gluon_kernel_with_128_query_rows_a_warpgroup_is_reported_serialized(specs):
+    """Why the Gluon kernel gives each consumer warpgroup 64 query rows: at 128 the matmuls in flight need more
+    registers than ptxas can give them, and it waits for every wgmma before issuing the next. The SASS still holds
+    its tensor-core instructions; only ptxas's own message, which the report carries, tells."""
+    report = compile_builtin(str(specs / "noop.py"), KernelConfig(256, 64, 4, 2, gluon=True), head_dim=128)
     assert report["tensor_core_instructions"] > 0
     assert report["wgmma_serialized"] and report["partial_wgmma_waits"] == 0
     assert any("serialized" in m for m in report["ptxas_warnings"])
+
+
+def test_a_gluon_kernel_with_128_key_blocks_at_d128_reads_q_from_shared_memory(specs):
+    """At 128-key blocks of D=128, Q in registers (32 a thread) left ptxas too few for the scores and it serialized
+    every wgmma; read from shared memory, QK^T takes its left operand from there (half the matmuls), nothing
+    spills and a wgmma stays in flight. At 64-key blocks, and at D=64, Q stays in registers (the tests above)."""
+    report = compile_builtin(str(specs / "noop.py"), KernelConfig(128, 128, 4, 2, gluon=True), head_dim=128)
+    assert report["fits_shared_memory"] and report["tensor_core_instructions"] > 0
+    assert 2 * report["register_operand_wgmmas"] == report["tensor_core_instructions"]
+    assert report["spill_instructions"] == 0 and report["partial_wgmma_waits"] > 0
+    assert not report["wgmma_serialized"] and report["ptxas_warnings"] == []
+    narrow = compile_builtin(str(specs / "noop.py"), KernelConfig(128, 128, 4, 2, gluon=True), head_dim=64)
+    assert narrow["register_operand_wgmmas"] == narrow["tensor_core_instructions"] > 0
 
 
 def test_the_listing_is_read_past_address_ffff():

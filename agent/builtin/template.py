@@ -51,6 +51,9 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
     used = " ".join(f.source for f in (lowered.score, lowered.mask) if f)
     if cfg.persistent and not cfg.gluon:
         raise ValueError("only the Gluon kernel has a persistent form")
+    if cfg.gluon and cfg.num_stages < 2:  # with one, the next block's K would wait for this block's stage forever
+        raise ValueError("the Gluon kernel needs two stages or more: it loads the next key block while this one's "
+                         "K and V are still in use")
     return TEMPLATES.get_template("gluon.py.j2" if cfg.gluon else "flash.py.j2").render(
         spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
         score=lowered.score, mask=mask, linear_bias=_adds_bias_by_block(lowered, cfg),

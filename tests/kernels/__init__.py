@@ -130,12 +130,12 @@ def kernel_file(name: str) -> str:
     return text.replace(HONEST_MARKER, honest[honest.index("@triton.jit"):].rstrip("\n"))
 
 
-def gluon_source(spec_path: str, stages: int = 4, persistent: bool = False) -> str:
+def gluon_source(spec_path: str, stages: int = 4, persistent: bool = False, block_n: int = 64) -> str:
     """The built-in Gluon kernel (warp-specialized, Hopper) rendered for a spec."""
     from agent.builtin.lower import lower_spec
     from agent.builtin.template import KernelConfig, render_kernel
     from verifier.spec import SpecFiles, load_spec
 
     spec = load_spec(SpecFiles(spec_path))
-    return render_kernel(spec.name, lower_spec(spec), KernelConfig(128, 64, 4, stages, gluon=True,
+    return render_kernel(spec.name, lower_spec(spec), KernelConfig(128, block_n, 4, stages, gluon=True,
                                                                   persistent=persistent))
