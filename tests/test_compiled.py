@@ -87,8 +87,8 @@ def test_an_interpreted_run_has_no_compiled_kernels(tmp_path, monkeypatch):
 
 def test_the_variants_of_a_kernel_are_merged_and_a_serialized_one_shows(specs):
     """Two real sm_90 compiles of `_attn_fwd` (the Gluon kernel with 64 and with 128 query rows a warpgroup; ptxas
-    serializes the wgmmas of the second), kept the way Triton keeps a launched @jit function's variants, make one entry: the
-    most shared memory either needs, and ptxas's message."""
+    serializes the wgmmas of the second), kept the way Triton keeps a launched @jit function's variants, make one
+    entry: the most shared memory either needs, and ptxas's message."""
     import sys
     import types
     from pathlib import Path

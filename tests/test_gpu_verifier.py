@@ -151,10 +151,7 @@ def test_the_gluon_kernel_with_128_key_blocks_reads_q_from_shared_memory(gpu_ver
     given back to the loader: with a program per tile, with several tiles a program (the next tile's Q waits), and
     with a mask that empties tiles (GQA, ragged lengths). Masks spill a little at this size; it must still be right."""
     if spec in MASKS_FOR_GLUON:
-        path = tmp_path / f"{spec}.py"
-        path.write_text(MASKS_FOR_GLUON[spec])
-        problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 8, 2, 1000, 1500, 128), "bf16", "cuda")
-        verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
+        path, verifier = mask_for_gluon(tmp_path, spec)
     else:
         path = specs / f"{spec}.py"
         verifier = gpu_verifier(spec, shape=Shape(2, 16, 16, 2048, 2048, 128), require_single_kernel=True)
@@ -168,11 +165,16 @@ def test_the_gluon_kernel_with_128_key_blocks_reads_q_from_shared_memory(gpu_ver
 @hopper
 @pytest.mark.parametrize("name, persistent", [("late", True), ("per_head", False)])
 def test_the_gluon_kernel_with_masks_that_empty_tiles_or_differ_per_head(tmp_path, name, persistent):
+    path, verifier = mask_for_gluon(tmp_path, name)
+    assert_a_verified_gluon_kernel(verifier.verify(gluon_source(str(path), persistent=persistent)))
+
+
+def mask_for_gluon(tmp_path, name: str):
+    """One of MASKS_FOR_GLUON written as a spec file, and a verifier for it on a GQA shape with ragged lengths."""
     path = tmp_path / f"{name}.py"
     path.write_text(MASKS_FOR_GLUON[name])
-    problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 8, 2, 1000, 1500, 128), "bf16", "cuda")  # GQA, ragged
-    verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
-    assert_a_verified_gluon_kernel(verifier.verify(gluon_source(str(path), persistent=persistent)))
+    problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 8, 2, 1000, 1500, 128), "bf16", "cuda")
+    return path, Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
 
 
 def assert_a_verified_gluon_kernel(verdict) -> None:

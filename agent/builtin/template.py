@@ -27,6 +27,12 @@ class KernelConfig:
     # Gluon only: one program per SM, each looping over query tiles (the next tile's loads overlap this one's end)
     persistent: bool = False
 
+    @property
+    def fewest_stages(self) -> int:
+        """The Gluon kernel issues the next block's QK^T while this block's K and V are still in use: with one
+        stage the loader would wait forever for the stage the consumers hold."""
+        return 2 if self.gluon else 1
+
     def label(self) -> str:
         extras = (" tma" * self.tma + " ws" * self.warp_specialize + " gluon" * self.gluon
                   + " persistent" * self.persistent)
@@ -51,7 +57,7 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
     used = " ".join(f.source for f in (lowered.score, lowered.mask) if f)
     if cfg.persistent and not cfg.gluon:
         raise ValueError("only the Gluon kernel has a persistent form")
-    if cfg.gluon and cfg.num_stages < 2:  # with one, the next block's K would wait for this block's stage forever
+    if cfg.num_stages < cfg.fewest_stages:
         raise ValueError("the Gluon kernel needs two stages or more: it loads the next key block while this one's "
                          "K and V are still in use")
     return TEMPLATES.get_template("gluon.py.j2" if cfg.gluon else "flash.py.j2").render(
