@@ -1,13 +1,15 @@
-"""Two versions of the built-in templates, timed side by side in one process (CUDA): an A/B test of a change.
+"""Versions of the built-in templates, timed side by side in one process (CUDA): an A/B test of a change.
 
 `--base DIR` is another copy of the repository (say `git worktree add /tmp/base HEAD`), whose
-`agent/builtin` templates render the "before" kernels; this checkout's render the "after" ones. For every
-case, both kernels are checked against the float64 reference on the case's inputs, then timed in turn,
+`agent/builtin` templates render the "before" kernels; this checkout's render the "after" ones. `--base` may
+be given more than once, as NAME=DIR, to time several variants against each other in the same run. For every
+case, all kernels are checked against the float64 reference on the case's inputs, then timed in turn,
 `--reps` times each, alternating, `--seconds` a call each (the benchmark's timing: CUDA events, L2 flushed,
 three input sets rotated). Alternating in one process keeps the GPU's clock and power state the same for both,
 which separate runs do not: run to run a kernel's time moves by several percent.
 
     python benchmarks/ab.py --base /tmp/base --case "rel_pos 2x16x8192x128 BM128 BN64 w4 s3 gluon persistent"
+    python benchmarks/ab.py --base head=/tmp/head --base try2=/tmp/try2 --case "noop 8x16x2048x128 BM128 BN64 w4 s3 gluon"
 """
 from __future__ import annotations
 
@@ -53,10 +55,10 @@ class Result:
     error: str = ""
 
 
-def base_renderer(base: Path):
+def base_renderer(base: Path, name: str = "base"):
     """render_kernel from the other copy's template module: it loads the templates beside it."""
     path = base / "agent" / "builtin" / "template.py"
-    module_spec = importlib.util.spec_from_file_location("kgen_ab_base_template", path)
+    module_spec = importlib.util.spec_from_file_location(f"kgen_ab_{name}_template", path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = module  # dataclasses look their module up there
     module_spec.loader.exec_module(module)
@@ -85,22 +87,32 @@ def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seco
     return result
 
 
-def print_table(results: list[Result]) -> None:
-    print("| case | config | before ms | after ms | after / before |")
-    print("|---|---|---|---|---|")
+def print_table(results: list[Result], versions: list[str]) -> None:
+    """One row a case: each version's times, then each later version's total time over the first's."""
+    first, later = versions[0], versions[1:]
+    print("| case | config | " + " | ".join(f"{v} ms" for v in versions) + " | "
+          + " | ".join(f"{v} / {first}" for v in later) + " |")
+    print("|---|---|" + "---|" * (2 * len(versions) - 1))
     for r in results:
         if r.error:
-            print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | {r.error} | | |")
+            print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | {r.error} |" + " |" * (2 * len(versions) - 2))
             continue
-        before, after = r.ms["before"], r.ms["after"]
-        ratio = sum(after) / sum(before)
-        print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | {' / '.join(f'{x:.3f}' for x in before)} | "
-              f"{' / '.join(f'{x:.3f}' for x in after)} | {ratio:.3f} |")
+        times = [" / ".join(f"{x:.3f}" for x in r.ms[v]) for v in versions]
+        ratios = [f"{sum(r.ms[v]) / sum(r.ms[first]):.3f}" for v in later]
+        print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | " + " | ".join(times + ratios) + " |")
 
 
-def main() -> int:
+def parse_base(text: str) -> tuple[str, Path]:
+    """NAME=DIR, or DIR alone (named "before")."""
+    name, _, path = text.rpartition("=")
+    return name or "before", Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="another copy of the repository: its templates are 'before'")
+    parser.add_argument("--base", action="append", required=True, type=parse_base,
+                        help="another copy of the repository: its templates are 'before'; NAME=DIR, repeated, "
+                             "for several")
     parser.add_argument("--case", action="append", required=True, type=Case.parse,
                         help='"SPEC BxHxNxD CONFIG LABEL", e.g. "noop 2x16x8192x128 BM128 BN64 w4 s3 gluon"')
     parser.add_argument("--spec-dir", default=str(ROOT / "examples" / "specs"))
@@ -108,11 +120,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="timed per call of each version")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--out", default="ab.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    names = [name for name, _ in args.base]
+    if len(set(names + ["after"])) != len(names) + 1:
+        parser.error(f"each --base needs its own NAME (and none may be 'after'): got {names}")
     if not torch.cuda.is_available():
         print("ab.py times kernels on a CUDA GPU; none is visible here.", file=sys.stderr)
         return 2
-    renderers = {"before": base_renderer(Path(args.base)), "after": render_kernel}
+    renderers = {name: base_renderer(path, name) for name, path in args.base} | {"after": render_kernel}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.case:
@@ -126,7 +141,7 @@ def main() -> int:
                                                   "results": [asdict(r) for r in results]}, indent=1))
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}; {args.reps} repetitions of "
           f"{args.seconds} s a call each, alternating\n")
-    print_table(results)
+    print_table(results, list(renderers))
     return 0
 
 

@@ -124,3 +124,53 @@ def test_ab_renders_before_from_the_other_copys_templates(tmp_path):
     after = render_kernel(spec.name, lower_spec(spec), cfg)
     assert "CONSUMER_REGISTERS = 232" in before and "CONSUMER_REGISTERS = 240" in after
     assert before.replace("= 232", "= 240") == after
+
+
+def test_ab_renders_several_bases_side_by_side(tmp_path):
+    """Each --base NAME=DIR renders from its own copy's templates, all loaded in one process."""
+    import shutil
+
+    from agent.builtin.lower import lower_spec
+    from agent.builtin.template import KernelConfig
+    from benchmarks.ab import base_renderer, parse_base
+    from verifier.spec import SpecFiles, load_spec
+
+    renderers = {}
+    for registers in (224, 232):
+        copy = tmp_path / f"r{registers}"
+        shutil.copytree(ROOT / "agent", copy / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+        template = copy / "agent" / "builtin" / "gluon.py.j2"
+        template.write_text(template.read_text().replace("CONSUMER_REGISTERS = 240",
+                                                         f"CONSUMER_REGISTERS = {registers}"))
+        name, path = parse_base(f"r{registers}={copy}")
+        assert (name, path) == (f"r{registers}", copy)
+        renderers[name] = base_renderer(path, name)
+    spec = load_spec(SpecFiles(str(ROOT / "examples" / "specs" / "noop.py")))
+    cfg = KernelConfig(128, 64, 4, 3, gluon=True)
+    assert "CONSUMER_REGISTERS = 224" in renderers["r224"](spec.name, lower_spec(spec), cfg)
+    assert "CONSUMER_REGISTERS = 232" in renderers["r232"](spec.name, lower_spec(spec), cfg)
+    assert parse_base(str(tmp_path)) == ("before", tmp_path)
+
+
+def test_ab_table_puts_each_version_beside_the_first(capsys):
+    from benchmarks.ab import Case, Result, print_table
+
+    timed = Result(Case("noop", "2x16x8192x128", "BM128 BN64 w4 s3 gluon"),
+                   ms={"head": [1.0, 1.2], "try": [0.9, 1.1], "after": [1.1, 1.1]})
+    failed = Result(Case("causal", "2x16x8192x128", "BM128 BN64 w4 s3 gluon"), error="after: wrong output")
+    print_table([timed, failed], ["head", "try", "after"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| case | config | head ms | try ms | after ms | try / head | after / head |"
+    assert lines[2] == ("| noop 2x16x8192x128 | BM128 BN64 w4 s3 gluon | 1.000 / 1.200 | 0.900 / 1.100 | "
+                        "1.100 / 1.100 | 0.909 | 1.000 |")
+    assert lines[3].count("|") == lines[0].count("|") and "after: wrong output" in lines[3]
+
+
+def test_ab_refuses_two_bases_of_one_name(tmp_path, capsys):
+    from benchmarks.ab import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--base", f"x={tmp_path}", "--base", f"x={tmp_path}", "--case",
+              "noop 2x16x8192x128 BM128 BN64 w4 s3 gluon"])
+    assert exit_info.value.code == 2
+    assert "each --base needs its own NAME" in capsys.readouterr().err
