@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from hopper_compile import compile_builtin  # noqa: E402
+from hopper_compile import compile_builtin, exponentials_under_pv  # noqa: E402
 
 from agent.builtin.template import KernelConfig  # noqa: E402
 from verifier.compiled import sass_listing  # noqa: E402
@@ -134,6 +134,26 @@ def test_a_gluon_kernel_with_128_key_blocks_at_d128_reads_q_from_shared_memory(s
     assert not report["wgmma_serialized"] and report["ptxas_warnings"] == []
     narrow = compile_builtin(str(specs / "noop.py"), KernelConfig(128, 128, 4, 2, gluon=True), head_dim=64)
     assert narrow["register_operand_wgmmas"] == narrow["tensor_core_instructions"] > 0
+
+
+def test_exponentials_under_pv_counts_those_between_a_partial_and_a_full_wgmma_wait():
+    listing = ["MUFU.EX2 R1, R1 ;",  # before any wait: not under a PV
+               "WARPGROUP.DEPBAR.LE gsb0, 0x0 ;",  # a full wait with no partial one before it: no window
+               "WARPGROUP.DEPBAR.LE gsb0, 0x1 ;", "FMNMX R2, R2, R3, !PT ;", "MUFU.EX2 R4, R4 ;",
+               "@P0 MUFU.EX2 R5, R5 ;", "MUFU.RCP R6, R6 ;", "WARPGROUP.DEPBAR.LE gsb0, 0x0 ;",
+               "MUFU.EX2 R7, R7 ;",  # after the PV's wait
+               "WARPGROUP.DEPBAR.LE gsb0, 0x1 ;", "WARPGROUP.DEPBAR.LE gsb0, 0x0 ;"]
+    assert exponentials_under_pv(listing) == [2, 0]
+
+
+def test_the_gluon_kernel_reports_how_much_softmax_overlaps_its_own_pv(specs):
+    """One window a pipelined block (each partial wait), none holding more than a block's exponentials: BN / 2 a
+    thread (64 rows x BN scores over 128 threads) and the two rescale factors."""
+    report = compile_builtin(str(specs / "noop.py"), KernelConfig(128, 64, 4, 3, gluon=True), head_dim=128)
+    windows = report["exponentials_under_pv"]
+    assert len(windows) == report["partial_wgmma_waits"] > 0
+    assert all(0 <= n <= 64 // 2 + 2 for n in windows)
+    assert sum(windows) < report["special_function_instructions"]["EX2"]
 
 
 def test_the_listing_is_read_past_address_ffff():

@@ -132,11 +132,31 @@ def _sass_facts(cubin: bytes) -> dict:
             # waits that leave one wgmma group in flight: the kernel overlaps a matmul with other work
             "partial_wgmma_waits": sum(bool(re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b", i))
                                        for i in instructions),
+            # how much of the softmax runs while the warpgroup's own PV is in flight (FlashAttention-3's overlap)
+            "exponentials_under_pv": exponentials_under_pv(instructions),
             # the special-function unit (exp2, tanh, reciprocal...) issues 16 per clock per SM: a softmax budget
             "special_function_instructions": dict(sorted(Counter(op.split(".")[1] for op in opcodes
                                                                  if op.startswith("MUFU.")).items())),
             "sass_instructions": len(instructions),
             "sass_sha": hashlib.sha256("\n".join(instructions).encode()).hexdigest()[:16]}
+
+
+def exponentials_under_pv(instructions: list[str]) -> list[int]:
+    """For each wait that leaves one wgmma group in flight (`WARPGROUP.DEPBAR.LE gsb0, 0x1`: QK^T done, PV still
+    running), the exponentials (MUFU.EX2) issued before the next full wait (`0x0`): the part of the softmax that
+    overlaps the warpgroup's own PV. ptxas, not the source order, decides it: the shipped Gluon kernel gets 1-2 of
+    34 a 64-key block, FlashAttention-4's Hopper kernel 11 of 66 a 128-key block (README, sixteenth session)."""
+    counts, open_count = [], None
+    for text in instructions:
+        if re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b", text):
+            open_count = 0
+        elif re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b", text):
+            if open_count is not None:
+                counts.append(open_count)
+            open_count = None
+        elif open_count is not None and sass_opcode(text).startswith("MUFU.EX2"):
+            open_count += 1
+    return counts
 
 
 def _config(label: str) -> KernelConfig:
