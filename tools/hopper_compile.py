@@ -36,6 +36,9 @@ from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+# wgmma waits in SASS: for all but the last group (one still in flight), and for every group
+PARTIAL_WGMMA_WAIT = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b")
+FULL_WGMMA_WAIT = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b")
 TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64", "int8": "i8",
                 "int16": "i16", "int32": "i32", "int64": "i64", "uint8": "u8", "bool": "i1"}
 
@@ -130,8 +133,7 @@ def _sass_facts(cubin: bytes) -> dict:
             # matmuls whose left operand comes from registers (P, or Q kept there) rather than shared memory
             "register_operand_wgmmas": sum(bool(re.match(r"HGMMA\.\S+ R\d+, R\d+,", i)) for i in instructions),
             # waits that leave one wgmma group in flight: the kernel overlaps a matmul with other work
-            "partial_wgmma_waits": sum(bool(re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b", i))
-                                       for i in instructions),
+            "partial_wgmma_waits": sum(bool(PARTIAL_WGMMA_WAIT.match(i)) for i in instructions),
             # how much of the softmax runs while the warpgroup's own PV is in flight (FlashAttention-3's overlap)
             "exponentials_under_pv": exponentials_under_pv(instructions),
             # the special-function unit (exp2, tanh, reciprocal...) issues 16 per clock per SM: a softmax budget
@@ -148,9 +150,9 @@ def exponentials_under_pv(instructions: list[str]) -> list[int]:
     34 a 64-key block, FlashAttention-4's Hopper kernel 11 of 66 a 128-key block (README, sixteenth session)."""
     counts, open_count = [], None
     for text in instructions:
-        if re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b", text):
+        if PARTIAL_WGMMA_WAIT.match(text):
             open_count = 0
-        elif re.match(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b", text):
+        elif FULL_WGMMA_WAIT.match(text):
             if open_count is not None:
                 counts.append(open_count)
             open_count = None
