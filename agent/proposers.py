@@ -72,17 +72,20 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: 
     kernels by 1-11% on noop, rel_pos and alibi, and by 9-15% on causal and key padding at 2048 keys (persistent,
     reading the block map); level on dilated causal, behind on sliding windows. It is tried persistent (one
     program per SM, looping over query tiles: 1-6% faster on dense specs at 2048 keys) and with one program per
-    tile (level, or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere; and with
-    128-key blocks and Q left in shared memory (two stages fit): on an H200 4-5% faster on softcap at 8192 keys
-    (level at 2048), 6-23% slower on plain attention and rel_pos, and spilling with a block map. At D=64 it
+    tile (level, or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere. 128-key
+    blocks with Q left in shared memory (two stages fit) come first: since a stage's K goes back to the loader
+    a block before its V, on an H200 they beat 64-key blocks on plain attention at 8192 keys (1.72-1.82 ms
+    against 1.82-1.89), key padding (0.78-0.80 against 0.81-0.83) and causal, though they spill a little with a
+    block map; 64-key blocks stay ahead on rel_pos and alibi (7-10%), and are tried next. At D=64 it
     comes last, with 128-key blocks: 2-3% ahead of the Triton kernels on noop, causal and key padding, 13-70%
     behind on the others."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
     if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows
-        warp_specialized = [KernelConfig(128, 64, 4, 4, gluon=True, persistent=True),
-                            KernelConfig(128, 64, 4, 4, gluon=True),
-                            KernelConfig(128, 128, 4, 2, gluon=True)] if gluon and head_dim == 128 else []
+        warp_specialized = [KernelConfig(128, 128, 4, 2, gluon=True, persistent=True),
+                            KernelConfig(128, 128, 4, 2, gluon=True),
+                            KernelConfig(128, 64, 4, 4, gluon=True, persistent=True),
+                            KernelConfig(128, 64, 4, 4, gluon=True)] if gluon and head_dim == 128 else []
         if head_dim <= 64:
             wide_gluon = [KernelConfig(128, 128, 4, 3, gluon=True, persistent=True)] if gluon and head_dim == 64 else []
             return [KernelConfig(64, 128, 4, 2, tma=True), KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 4, 3),

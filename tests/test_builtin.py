@@ -297,12 +297,14 @@ def test_the_search_is_one_config_on_cpu_and_several_on_a_gpu(specs):
 
 
 def test_the_gluon_kernel_is_searched_on_hopper(specs):
-    """Warp-specialized Gluon: first at D=128 (it won on dense specs, causal and key padding), last at D=64 with
-    128-key blocks (a few percent ahead on some specs, far behind on others), never off Hopper or under the
-    interpreter, nor at head dims its tiles do not fit."""
-    first, second, wide = search_space(128, interpreted=False, hopper=True, gluon=True)[:3]
-    assert first.gluon and first.persistent and second == replace(first, persistent=False)  # both forms timed
-    assert wide == KernelConfig(128, 128, 4, 2, gluon=True)  # 128-key blocks, Q in shared memory: two stages fit
+    """Warp-specialized Gluon: first at D=128 (it won on dense specs, causal and key padding), 128-key blocks then
+    64-key ones, last at D=64 with 128-key blocks (a few percent ahead on some specs, far behind on others), never
+    off Hopper or under the interpreter, nor at head dims its tiles do not fit."""
+    wide, wide_per_tile, narrow, narrow_per_tile = search_space(128, interpreted=False, hopper=True, gluon=True)[:4]
+    assert wide == KernelConfig(128, 128, 4, 2, gluon=True, persistent=True)  # Q in shared memory: two stages fit
+    assert narrow == KernelConfig(128, 64, 4, 4, gluon=True, persistent=True)
+    for first, second in ((wide, wide_per_tile), (narrow, narrow_per_tile)):  # both forms timed
+        assert second == replace(first, persistent=False)
     at_64 = search_space(64, interpreted=False, hopper=True, gluon=True)
     assert [c.gluon for c in at_64] == [False] * (len(at_64) - 1) + [True] and at_64[-1].block_n == 128
     for args in [(128, False, True, False), (128, False, False, True), (128, True, True, True),
