@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib.util
 
 from cli import metric_lines
-from verifier.compiled import compiled_kernels, describe, kernel_facts, spills_in_matmul_loops
+from verifier.compiled import compiled_kernels, describe, kernel_facts
+from verifier.sass import spills_in_matmul_loops
 from verifier.verdict import Metrics
 
 
@@ -56,6 +57,25 @@ def test_spills_count_only_inside_the_innermost_loop_that_issues_matmuls():
     assert spills_in_matmul_loops(sass) == 2
     assert spills_in_matmul_loops(listing("LDL R3, [R1]", "HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR4], RZ, !UPT",
                                           "EXIT")) == 0  # no loop at all
+
+
+def test_a_wait_retried_out_of_line_is_no_loop_around_the_code_it_jumps_back_over():
+    """ptxas puts an mbarrier wait's retry loop after the EXIT; it jumps back to the instruction after the wait.
+    That backward jump closes no loop: the spills and the matmul between the wait and the EXIT run once."""
+    sass = listing(
+        "HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR4], RZ, !UPT",  # 0x00: the key loop
+        "LDL R3, [R1]",                        # 0x10: in the key loop
+        "@P1 BRA 0x0",                         # 0x20: its back edge
+        "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R4], R5",  # 0x30: a wait's first try
+        "@!P0 BRA 0x90",                       # 0x40: not yet: retry out of line
+        "STL [R1], R2",                        # 0x50: runs once
+        "HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR4], RZ, !UPT",  # 0x60: the last block's matmul, once
+        "LDL R3, [R1]",                        # 0x70: runs once
+        "EXIT",                                # 0x80
+        "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R4], R5",  # 0x90: the retry loop
+        "@!P0 BRA 0x90",                       # 0xa0
+        "BRA 0x50")                            # 0xb0: back after the wait
+    assert spills_in_matmul_loops(sass) == 1  # the key loop's LDL; those after the wait run once
 
 
 def test_the_verify_report_lists_each_compiled_kernel():

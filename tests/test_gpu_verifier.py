@@ -147,9 +147,11 @@ MASKS_FOR_GLUON = {
 @pytest.mark.parametrize("spec, persistent", [("softcap", False), ("noop", True), ("late", True)])
 def test_the_gluon_kernel_with_128_key_blocks_reads_q_from_shared_memory(gpu_verifier, specs, tmp_path, spec,
                                                                          persistent):
-    """At 128-key blocks of D=128 Q stays in shared memory until the tile's last QK^T, and only then is its buffer
-    given back to the loader: with a program per tile, with several tiles a program (the next tile's Q waits), and
-    with a mask that empties tiles (GQA, ragged lengths). Masks spill a little at this size; it must still be right."""
+    """At 128-key blocks of D=128 Q stays in shared memory until the tile's last QK^T, and its buffer goes back to
+    the loader with the release of the tile's last K: with a program per tile, with several tiles a program (the
+    next tile's Q loads while the last block's softmax and PV run), and with a mask that empties tiles (the loader
+    waits on the last tile it loaded; GQA, ragged lengths). Masks spill a little at this size, outside the key
+    loop; it must still be right."""
     if spec in MASKS_FOR_GLUON:
         path, verifier = mask_for_gluon(tmp_path, spec)
     else:

@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from hopper_compile import compile_builtin, exponentials_under_pv  # noqa: E402
 
 from agent.builtin.template import KernelConfig  # noqa: E402
-from verifier.compiled import sass_listing  # noqa: E402
+from verifier.sass import sass_listing  # noqa: E402
 
 
 @pytest.fixture(scope="module")

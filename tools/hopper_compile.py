@@ -30,8 +30,8 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
-from verifier.compiled import (ptxas_performance_warnings, sass_listing, sass_opcode,  # noqa: E402
-                               spills_in_matmul_loops, wgmma_serialized)
+from verifier.compiled import ptxas_performance_warnings, wgmma_serialized  # noqa: E402
+from verifier.sass import sass_listing, sass_opcode, spills_in_matmul_loops  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100

@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from verifier.sass import spills_in_matmul_loops
+
 # kernels ptxas and cuobjdump are run again for (about a second each); a candidate may compile many variants
 ASKED_AT_MOST = 8
 
@@ -65,36 +67,6 @@ def matmul_loop_spills(cubin: bytes) -> int | None:
         except (OSError, subprocess.TimeoutExpired):
             return None
     return spills_in_matmul_loops(run.stdout) if run.returncode == 0 else None
-
-
-def spills_in_matmul_loops(sass: str) -> int:
-    """Local-memory loads and stores (LDL, STL: spilled registers) inside the innermost loops that issue matrix
-    instructions, in a cuobjdump -sass listing: the key loop of an attention kernel, whose every trip they slow. A
-    backward branch closes a loop that starts at its target; of the loops holding a matrix instruction, those with
-    no such loop inside them are the matmul loops (an outer loop over query tiles is not one, nor a barrier's spin
-    loop)."""
-    listed = sass_listing(sass)
-    loops = [(int(target.group(1), 16), address) for address, text in listed
-             if sass_opcode(text).startswith("BRA") and (target := re.search(r"0x([0-9a-f]+)\s*;?$", text))
-             and int(target.group(1), 16) <= address]
-    matmul_loops = [(start, end) for start, end in loops
-                    if any(start <= a <= end and "MMA" in sass_opcode(t) for a, t in listed)]
-    innermost = [(s, e) for s, e in matmul_loops
-                 if not any((s, e) != (s2, e2) and s <= s2 and e2 <= e for s2, e2 in matmul_loops)]
-    return sum(1 for address, text in listed if sass_opcode(text).split(".")[0] in ("LDL", "STL")
-               and any(start <= address <= end for start, end in innermost))
-
-
-def sass_listing(sass: str) -> list[tuple[int, str]]:
-    """(address, instruction) of each instruction of a cuobjdump -sass listing, `/*0a30*/  FMUL R1, R2, R3 ;`;
-    addresses grow past four hex digits in kernels longer than 4096 instructions (the Gluon kernels are)."""
-    return [(int(address, 16), text.strip()) for address, text in
-            re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*(?:/\* 0x[0-9a-f]+ \*/)?\s*$", sass, re.MULTILINE)]
-
-
-def sass_opcode(instruction: str) -> str:
-    """`FMUL` of `@P0 FMUL R1, R2, R3 ;`: the first word that is not a predicate."""
-    return next((word for word in instruction.split() if not word.startswith("@")), "")
 
 
 def compiled_kernels(module) -> list[dict]:
