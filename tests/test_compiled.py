@@ -5,7 +5,7 @@ import importlib.util
 
 from cli import metric_lines
 from verifier.compiled import compiled_kernels, describe, kernel_facts
-from verifier.sass import spills_in_matmul_loops
+from verifier.sass import matmul_loops, spills_in_matmul_loops
 from verifier.verdict import Metrics
 
 
@@ -76,6 +76,29 @@ def test_a_wait_retried_out_of_line_is_no_loop_around_the_code_it_jumps_back_ove
         "@!P0 BRA 0x90",                       # 0xa0
         "BRA 0x50")                            # 0xb0: back after the wait
     assert spills_in_matmul_loops(sass) == 1  # the key loop's LDL; those after the wait run once
+
+
+def test_each_innermost_matmul_loop_is_listed_with_its_whole_body():
+    """What the compiler report sizes a key loop by: the instructions from its header to its back edge, an
+    out-of-line retry of a wait inside it included; not the tile loop around it, nor the code after it."""
+    sass = listing(
+        "LDL R3, [R1]",                        # 0x00: tile loop
+        "HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR4], RZ, !UPT",  # 0x10: key loop
+        "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R4], R5",  # 0x20: a wait in the key loop
+        "@!P0 BRA 0x90",                       # 0x30: retried out of line
+        "FMUL R1, R2, R3",                     # 0x40
+        "@P1 BRA 0x10",                        # 0x50: the key loop's back edge
+        "@P2 BRA 0x0",                         # 0x60: the tile loop's
+        "FADD R1, R2, R3",                     # 0x70: after both
+        "EXIT",                                # 0x80
+        "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R4], R5",  # 0x90: the retry
+        "@!P0 BRA 0x90",                       # 0xa0
+        "BRA 0x40")                            # 0xb0: back into the key loop
+    [loop] = matmul_loops(sass)
+    assert [text.split()[0] for text in loop] == ["HGMMA.64x64x16.F32.BF16", "SYNCS.PHASECHK.TRANS64.TRYWAIT",
+                                                  "@!P0", "FMUL", "@P1", "SYNCS.PHASECHK.TRANS64.TRYWAIT", "@!P0",
+                                                  "BRA"]
+    assert matmul_loops(listing("HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR4], RZ, !UPT", "EXIT")) == []
 
 
 def test_the_verify_report_lists_each_compiled_kernel():

@@ -105,6 +105,19 @@ def test_the_gluon_kernel_with_a_block_map_compiles_for_hopper(specs, spec):
     assert report["partial_wgmma_waits"] == 2 * dense["partial_wgmma_waits"]  # a pipelined loop of each kind
 
 
+def test_the_report_sizes_each_key_loop_of_a_masked_kernel(specs):
+    """Dilated causal with its light cut blocks (the parity test alone, `q >= kv` left out): each consumer
+    warpgroup has a loop for whole blocks, one for light cut blocks and one for the other cut blocks, and each
+    trip is longer by the mask tests it runs (a select a score, and the tests themselves)."""
+    report = compile_builtin(str(specs / "dilated_causal.py"), KernelConfig(128, 128, 4, 2, gluon=True),
+                             head_dim=128, light=1)
+    sizes = report["matmul_loop_instructions"]
+    assert len(sizes) == 6  # three loops in each of the two consumer warpgroups' code
+    for whole, light, heavy in (sizes[:3], sizes[3:]):
+        # two 128-key blocks a trip: 64 scores a thread a block, each masked with a select at least
+        assert whole + 2 * 64 <= light < heavy
+
+
 def test_a_kernel_that_runs_out_of_registers_spills_in_its_matmul_loop(specs):
     """128x128 tiles with one warpgroup (4 warps) need more than 255 registers a thread: the spills land in the key
     loop, where the report counts them (against rel_pos's Gluon kernel above, whose few are outside it)."""

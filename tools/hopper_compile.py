@@ -30,8 +30,8 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
-from verifier.compiled import ptxas_performance_warnings, wgmma_serialized  # noqa: E402
-from verifier.sass import sass_listing, sass_opcode, spills_in_matmul_loops  # noqa: E402
+from verifier.compiled import cubin_sass, ptxas_performance_warnings, wgmma_serialized  # noqa: E402
+from verifier.sass import matmul_loops, sass_listing, sass_opcode, spills_in_matmul_loops  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
@@ -121,7 +121,7 @@ def _sass_facts(cubin: bytes) -> dict:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
+    sass = cubin_sass(cubin) or ""
     instructions = [text for _, text in sass_listing(sass)]
     opcodes = [sass_opcode(i) for i in instructions if i]
     registers = re.search(r"REG:(\d+)", usage)
@@ -129,6 +129,9 @@ def _sass_facts(cubin: bytes) -> dict:
             "spill_instructions": sum(op.split(".")[0] in ("LDL", "STL") for op in opcodes),
             # of those, the ones inside the matmul (key) loop, run on every trip
             "matmul_loop_spill_instructions": spills_in_matmul_loops(sass),
+            # the size of each key loop's body (a trip; a masked kernel has one loop per kind of key block, and
+            # each trip runs two blocks in the Gluon kernel): what per-score work costs in issued instructions
+            "matmul_loop_instructions": [len(loop) for loop in matmul_loops(sass)],
             "tensor_core_instructions": sum("GMMA" in op for op in opcodes),
             # matmuls whose left operand comes from registers (P, or Q kept there) rather than shared memory
             "register_operand_wgmmas": sum(bool(re.match(r"HGMMA\.\S+ R\d+, R\d+,", i)) for i in instructions),

@@ -56,6 +56,12 @@ def _triton_tool(name: str) -> Path | None:
 def matmul_loop_spills(cubin: bytes) -> int | None:
     """Spill instructions inside the kernel's matmul loops (see `spills_in_matmul_loops`); None when cuobjdump
     cannot be run."""
+    sass = cubin_sass(cubin)
+    return None if sass is None else spills_in_matmul_loops(sass)
+
+
+def cubin_sass(cubin: bytes) -> str | None:
+    """cuobjdump's SASS listing of a cubin (Triton's own cuobjdump); None when it cannot be run."""
     cuobjdump = _triton_tool("cuobjdump")
     if cuobjdump is None:
         return None
@@ -66,7 +72,7 @@ def matmul_loop_spills(cubin: bytes) -> int | None:
             run = subprocess.run([str(cuobjdump), "-sass", str(path)], capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired):
             return None
-    return spills_in_matmul_loops(run.stdout) if run.returncode == 0 else None
+    return run.stdout if run.returncode == 0 else None
 
 
 def compiled_kernels(module) -> list[dict]:

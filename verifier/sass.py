@@ -30,19 +30,24 @@ def sass_opcode(instruction: str) -> str:
 
 def spills_in_matmul_loops(sass: str) -> int:
     """Local-memory loads and stores (LDL, STL: spilled registers) inside the innermost loops that issue matrix
-    instructions: the key loop of an attention kernel, whose every trip they slow. Of the loops holding a matrix
-    instruction, the innermost are those with no other such loop inside them (an outer loop over query tiles is not
-    one, nor a barrier's spin loop, which holds no matrix instruction)."""
+    instructions (`matmul_loops`): the key loop of an attention kernel, whose every trip they slow."""
+    return sum(1 for loop in matmul_loops(sass) for text in loop if sass_opcode(text).split(".")[0] in ("LDL", "STL"))
+
+
+def matmul_loops(sass: str) -> list[list[str]]:
+    """The instructions of each innermost loop that issues matrix instructions, in address order, loops in the order
+    of their headers: an attention kernel's key loops (one per kind of key block in a masked kernel). Of the loops
+    holding a matrix instruction, the innermost are those with no other such loop inside them (an outer loop over
+    query tiles is not one, nor a barrier's spin loop, which holds no matrix instruction). A loop's body includes
+    the out-of-line retry paths of its barrier waits, which run only when a wait is not yet satisfied."""
     listed = sass_listing(sass)
     graph, block_of = _control_flow(listed)
     loops = _natural_loops(graph)
     has_mma = {block_of[i] for i, (_, text) in enumerate(listed) if "MMA" in sass_opcode(text)}
-    matmul_loops = {header: body for header, body in loops.items() if body & has_mma}
-    innermost = [body for header, body in matmul_loops.items()
-                 if not any(other != header and other in body for other in matmul_loops)]
-    in_loops = set().union(*innermost)
-    return sum(1 for i, (_, text) in enumerate(listed)
-               if sass_opcode(text).split(".")[0] in ("LDL", "STL") and block_of[i] in in_loops)
+    matmul = {header: body for header, body in loops.items() if body & has_mma}
+    innermost = sorted(header for header in matmul
+                       if not any(other != header and other in matmul[header] for other in matmul))
+    return [[text for i, (_, text) in enumerate(listed) if block_of[i] in matmul[header]] for header in innermost]
 
 
 def _control_flow(listed: list[tuple[int, str]]) -> tuple[nx.DiGraph, list[int]]:
