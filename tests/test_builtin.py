@@ -223,6 +223,47 @@ def test_cut_blocks_that_keep_a_conjunct_whole_leave_it_out(specs, tmp_path, ver
     assert verifier("dilated_causal").verify(source).accepted
 
 
+@pytest.mark.parametrize("body, residues", [
+    ("(q_idx >= kv_idx) & ((q_idx - kv_idx) % 2 == 0)", 2),
+    ("((kv_idx - q_idx) % 3 == 0) & (kv_idx <= q_idx + 64 * h)", 3),
+    ("q_idx >= kv_idx", 1),
+    ("(q_idx - kv_idx) % 2 == 1", 1),  # the other class: not a class of its own
+    ("(q_idx + kv_idx) % 2 == 0", 1),  # (the same classes for 2, but not in the form recognised)
+])
+def test_the_lowering_finds_a_mask_that_keeps_keys_in_the_query_residue_class(tmp_path, body, residues):
+    path = write_spec(tmp_path, "dilated", f"def mask_mod(b, h, q_idx, kv_idx):\n    return {body}\n")
+    assert lower_spec(load_spec(SpecFiles(mask_path=path))).mask.residues == residues
+
+
+def test_the_gluon_kernel_runs_each_residue_class_of_a_dilated_mask_apart(specs, tmp_path):
+    """Dilated causal keeps a key only in its query's class mod 2. The Gluon kernel runs each class as a problem of
+    its own, on views (batch and head folded, the class as the head; no copy): there the parity test is true on
+    every block, so the block map lists the blocks below the diagonal as whole and only the diagonal as cut, where
+    run as given every block is cut. A layout whose batch and head do not fold gets no view (the problem runs as
+    given). Run by the interpreter: the views and the block map (Triton), not the Gluon kernel itself."""
+    source = builtin_kernel(specs / "dilated_causal.py", KernelConfig(128, 128, 4, 2, gluon=True, persistent=True))
+    found = run_interpreted(source, """
+        q = torch.randn(1, 2, 512, 16, dtype=torch.float16)
+        q_view, = module._residue_views((q, ))
+        folded = torch.equal(q_view, torch.stack([q[0, h, c::2] for h in range(2) for c in range(2)]).view(2, 2, 256, 16))
+        swapped = torch.randn(2, 2, 512, 16).transpose(0, 1)  # the batch's stride is half the head's
+        transposed = module._residue_views((swapped, )) is None
+        maps = {}
+        for P, t, H0 in ((2, q_view, 2), (1, q, 2)):
+            key = module._block_map_key(t, t, {}, P, H0)
+            summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(t, t, {}, key)
+            maps[P] = {"summary": summary.tolist(), "light": light}
+        print(json.dumps({"folded": folded, "transposed": transposed, "residues": module.RESIDUES, "maps": maps}))
+    """, tmp_path)
+    assert found["folded"] and found["transposed"] and found["residues"] == 2
+    # per class (a map row per view head: the class; the mask reads no batch or head, so one view batch):
+    # query block m of 256 rows' class: m whole blocks below the diagonal, the diagonal cut
+    by_class = found["maps"]["2"]["summary"][0]
+    assert by_class == [[[0, 0, 1, 0, 0], [1, 0, 1, 1, 0]]] * 2 and found["maps"]["2"]["light"] == 0
+    # as given (4 query blocks of 128): every block at or below the diagonal cut by the parity test, most light
+    assert [row[:4] for row in found["maps"]["1"]["summary"][0][0]] == [[0, 0, m + 1, 0] for m in range(4)]
+
+
 def block_map_of(source: str, tmp_path: Path, n: int, row: int) -> dict:
     return run_interpreted(source, f"""
         q = torch.randn(1, 1, {n}, 16, dtype=torch.float16)

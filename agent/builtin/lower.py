@@ -85,6 +85,9 @@ class LoweredFunction:
     # that can leave out the conjuncts a key block keeps whole; and how many conjuncts it has
     cut_source: str = ""
     conjuncts: int = 1
+    # mask_mod only: P when one conjunct is `(q_idx - kv_idx) % P == 0` (a dilated mask): a query's keys are all in
+    # its residue class mod P, so each class is a problem of its own (1: no such conjunct)
+    residues: int = 1
 
 
 @dataclass
@@ -198,6 +201,7 @@ def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], 
         conjuncts = _merged(emitter.result_conjuncts)
         lowered.cut_source = _cut_source(signature, body[:-1], conjuncts)
         lowered.conjuncts = len(conjuncts)
+        lowered.residues = emitter.result_residues
     return lowered
 
 
@@ -234,6 +238,7 @@ class _Emitter:
         self.ops: list[str] = []
         self.result_depends: set[str] = set()
         self.result_conjuncts: list[str] = []
+        self.result_residues = 1
 
     def emit(self) -> list[str]:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -250,6 +255,7 @@ class _Emitter:
                 result = result[0] if isinstance(result, (tuple, list)) else result
                 self.result_depends = self.deps.get(result, set())
                 self.result_conjuncts = [self._ref(c) for c in self._conjuncts(result)]
+                self.result_residues = max([self._residue_modulus(c) for c in self._conjuncts(result)], default=1)
                 self.lines.append(f"return {self._ref(result)}")
         return self.lines
 
@@ -262,6 +268,29 @@ class _Emitter:
                     isinstance(a, torch.fx.Node) and _is_bool(a) for a in value.args[:2]):
                 return self._conjuncts(value.args[0]) + self._conjuncts(value.args[1])
         return [value]
+
+    def _residue_modulus(self, conjunct) -> int:
+        """P when the conjunct is `(q_idx - kv_idx) % P == 0` or `(kv_idx - q_idx) % P == 0` with P a constant of 2
+        or more (true exactly when the two indices have the same residue mod P); else 1."""
+        def unwrapped(node):
+            while isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) in PASSTHROUGH:
+                node = node.args[0]
+            return node
+
+        node = unwrapped(conjunct)
+        if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) == "eq"
+                and len(node.args) == 2 and node.args[1] == 0 and not isinstance(node.args[1], bool)):
+            return 1
+        remainder = unwrapped(node.args[0])
+        if not (isinstance(remainder, torch.fx.Node) and remainder.op == "call_function"
+                and op_name(remainder) == "remainder" and type(remainder.args[1]) is int and remainder.args[1] >= 2):
+            return 1
+        difference = unwrapped(remainder.args[0])
+        if not (isinstance(difference, torch.fx.Node) and difference.op == "call_function"
+                and op_name(difference) == "sub" and difference.kwargs.get("alpha", 1) == 1):
+            return 1
+        operands = [self.names.get(unwrapped(a)) for a in difference.args[:2]]
+        return remainder.args[1] if sorted(map(str, operands)) == ["kv_idx", "q_idx"] else 1
 
     # ------------------------------------------------------------------------------------------ helpers
     def _ref(self, arg) -> str:

@@ -60,12 +60,18 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
     if cfg.num_stages < cfg.fewest_stages:
         raise ValueError("the Gluon kernel needs two stages or more: it loads the next key block while this one's "
                          "K and V are still in use")
+    # the Gluon kernel runs each residue class of a dilated mask as a problem of its own, on views that fold batch
+    # and head into one dimension and make the class the head: its block map is per class, and per view batch
+    # wherever the mask reads the batch or the head
+    residues = mask.residues if mask and cfg.gluon else 1
+    uses_b, uses_h = bool(mask and "b" in mask.depends), bool(mask and "h" in mask.depends)
     return TEMPLATES.get_template("gluon.py.j2" if cfg.gluon else "flash.py.j2").render(
         spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
         score=lowered.score, mask=mask, linear_bias=_adds_bias_by_block(lowered, cfg),
         buffer_params=lowered.buffer_params(),
         buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
-        mask_uses_b=bool(mask and "b" in mask.depends), mask_uses_h=bool(mask and "h" in mask.depends))
+        residues=residues, index_params=", H0, P" if residues > 1 else "",
+        mask_uses_b=uses_b or (residues > 1 and uses_h), mask_uses_h=uses_h or residues > 1)
 
 
 def _adds_bias_by_block(lowered: LoweredSpec, cfg: KernelConfig) -> bool:
