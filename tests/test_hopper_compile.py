@@ -106,9 +106,9 @@ def test_the_gluon_kernel_with_a_block_map_compiles_for_hopper(specs, spec):
 
 
 def test_the_report_sizes_each_key_loop_of_a_masked_kernel(specs):
-    """Dilated causal with its light cut blocks (the parity test alone, `q >= kv` left out): each consumer
-    warpgroup has a loop for whole blocks, one for light cut blocks and one for the other cut blocks, and each
-    trip is longer by the mask tests it runs (a select a score, and the tests themselves)."""
+    """Dilated causal compiled with light cut blocks (`q >= kv` left out of them; class by class, as it runs at
+    even lengths): each consumer warpgroup has a loop for whole blocks, one for light cut blocks and one for the
+    other cut blocks, and each trip is longer by the mask tests it runs (a select a score, and the tests)."""
     report = compile_builtin(str(specs / "dilated_causal.py"), KernelConfig(128, 128, 4, 2, gluon=True),
                              head_dim=128, light=1)
     sizes = report["matmul_loop_instructions"]
