@@ -253,9 +253,11 @@ def test_the_gluon_kernel_runs_each_residue_class_of_a_dilated_mask_apart(specs,
             key = module._block_map_key(t, t, {}, P, H0)
             summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(t, t, {}, key)
             maps[P] = {"summary": summary.tolist(), "light": light}
-        print(json.dumps({"folded": folded, "transposed": transposed, "residues": module.RESIDUES, "maps": maps}))
+        unkeyed = module._get_block_map(q, q, {})[0].tolist() == maps[1]["summary"]  # no key: the problem as given
+        print(json.dumps({"folded": folded, "transposed": transposed, "residues": module.RESIDUES, "maps": maps,
+                          "unkeyed": unkeyed}))
     """, tmp_path)
-    assert found["folded"] and found["transposed"] and found["residues"] == 2
+    assert found["folded"] and found["transposed"] and found["residues"] == 2 and found["unkeyed"]
     # per class (a map row per view head: the class; the mask reads no batch or head, so one view batch):
     # query block m of 256 rows' class: m whole blocks below the diagonal, the diagonal cut
     by_class = found["maps"]["2"]["summary"][0]

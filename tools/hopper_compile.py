@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -30,12 +29,12 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module  # noqa: E402
-from verifier.compiled import cubin_sass, ptxas_performance_warnings, wgmma_serialized  # noqa: E402
+from verifier.compiled import (cubin_resource_usage, cubin_sass, ptxas_performance_warnings,  # noqa: E402
+                               wgmma_serialized)
 from verifier.sass import matmul_loops, sass_listing, sass_opcode, spills_in_matmul_loops  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may have on an H100
-BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 # wgmma waits in SASS: for all but the last group (one still in flight), and for every group
 PARTIAL_WGMMA_WAIT = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x1\b")
 FULL_WGMMA_WAIT = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b")
@@ -119,10 +118,7 @@ def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
 
 
 def _sass_facts(cubin: bytes) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
+    usage = cubin_resource_usage(cubin) or ""
     sass = cubin_sass(cubin) or ""
     instructions = [text for _, text in sass_listing(sass)]
     opcodes = [sass_opcode(i) for i in instructions if i]

@@ -62,6 +62,15 @@ def matmul_loop_spills(cubin: bytes) -> int | None:
 
 def cubin_sass(cubin: bytes) -> str | None:
     """cuobjdump's SASS listing of a cubin (Triton's own cuobjdump); None when it cannot be run."""
+    return _cuobjdump(cubin, "-sass")
+
+
+def cubin_resource_usage(cubin: bytes) -> str | None:
+    """cuobjdump's resource usage of a cubin (`REG:168 STACK:0 SHARED:...` per kernel); None when it cannot be run."""
+    return _cuobjdump(cubin, "-res-usage")
+
+
+def _cuobjdump(cubin: bytes, option: str) -> str | None:
     cuobjdump = _triton_tool("cuobjdump")
     if cuobjdump is None:
         return None
@@ -69,7 +78,7 @@ def cubin_sass(cubin: bytes) -> str | None:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
         try:
-            run = subprocess.run([str(cuobjdump), "-sass", str(path)], capture_output=True, text=True, timeout=120)
+            run = subprocess.run([str(cuobjdump), option, str(path)], capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired):
             return None
     return run.stdout if run.returncode == 0 else None
