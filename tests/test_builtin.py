@@ -11,12 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from agent.builtin.lower import LoweringError, lower_spec
 from agent.builtin.template import KernelConfig, render_kernel
 from agent.proposers import ConfigSearch, TemplateProposer, refinements, search_space
 from conftest import SMALL
-from verifier.problem import Problem
+from verifier.problem import Problem, Shape
+from verifier.reference import exact
 from verifier.spec import SpecFiles, load_spec
 
 SHARED = ["alibi", "causal", "dilated_causal", "key_padding", "noop", "rel_pos", "sliding_window", "softcap"]
@@ -228,20 +230,38 @@ def test_cut_blocks_that_keep_a_conjunct_whole_leave_it_out(specs, tmp_path, ver
     ("((kv_idx - q_idx) % 3 == 0) & (kv_idx <= q_idx + 64 * h)", 3),
     ("q_idx >= kv_idx", 1),
     ("(q_idx - kv_idx) % 2 == 1", 1),  # the other class: not a class of its own
-    ("(q_idx + kv_idx) % 2 == 0", 1),  # (the same classes for 2, but not in the form recognised)
+    ("(q_idx + kv_idx) % 2 == 0", 2),  # a sum has the parity of the difference
+    ("(kv_idx + q_idx) % 2 == 0", 2),
+    ("(q_idx + kv_idx) % 3 == 0", 1),  # keys in class -c of query class c: not the query's own class
+    ("(q_idx % 4 == kv_idx % 4) & (q_idx >= kv_idx)", 4),
+    ("kv_idx % 3 == q_idx % 3", 3),
+    ("q_idx % 4 == kv_idx % 2", 1),  # different moduli
+    ("q_idx % 4 == h % 4", 1),
+    ("(q_idx - 2 * kv_idx) % 2 == 0", 1),  # a scaled index: not the difference
 ])
 def test_the_lowering_finds_a_mask_that_keeps_keys_in_the_query_residue_class(tmp_path, body, residues):
     path = write_spec(tmp_path, "dilated", f"def mask_mod(b, h, q_idx, kv_idx):\n    return {body}\n")
-    assert lower_spec(load_spec(SpecFiles(mask_path=path))).mask.residues == residues
+    spec = load_spec(SpecFiles(mask_path=path))
+    found = lower_spec(spec).mask.residues
+    assert found == residues
+    # the kernel skips every key outside the query's class: the mask must be false there on every pair
+    q_idx, kv_idx = torch.arange(-24, 24)[:, None], torch.arange(-24, 24)[None, :]
+    keep = torch.broadcast_to(spec.mask_mod(torch.tensor(1), torch.tensor(3), q_idx, kv_idx), (48, 48))
+    assert not keep[(q_idx - kv_idx) % found != 0].any()
 
 
-def test_the_gluon_kernel_runs_each_residue_class_of_a_dilated_mask_apart(specs, tmp_path):
+@pytest.mark.parametrize("mask", [None, "(q_idx >= kv_idx) & (q_idx % 2 == kv_idx % 2)",
+                                  "((q_idx + kv_idx) % 2 == 0) & (q_idx >= kv_idx)"])
+def test_the_gluon_kernel_runs_each_residue_class_of_a_dilated_mask_apart(specs, tmp_path, mask):
     """Dilated causal keeps a key only in its query's class mod 2. The Gluon kernel runs each class as a problem of
     its own, on views (batch and head folded, the class as the head; no copy): there the parity test is true on
     every block, so the block map lists the blocks below the diagonal as whole and only the diagonal as cut, where
     run as given every block is cut. A layout whose batch and head do not fold gets no view (the problem runs as
-    given). Run by the interpreter: the views and the block map (Triton), not the Gluon kernel itself."""
-    source = builtin_kernel(specs / "dilated_causal.py", KernelConfig(128, 128, 4, 2, gluon=True, persistent=True))
+    given). Run by the interpreter: the views and the block map (Triton), not the Gluon kernel itself. The same for
+    two other ways of writing dilated causal."""
+    path = specs / "dilated_causal.py" if mask is None else write_spec(
+        tmp_path, "dilated", f"def mask_mod(b, h, q_idx, kv_idx):\n    return {mask}\n")
+    source = builtin_kernel(path, KernelConfig(128, 128, 4, 2, gluon=True, persistent=True))
     found = run_interpreted(source, """
         q = torch.randn(1, 2, 512, 16, dtype=torch.float16)
         q_view, = module._residue_views((q, ))
@@ -264,6 +284,60 @@ def test_the_gluon_kernel_runs_each_residue_class_of_a_dilated_mask_apart(specs,
     assert by_class == [[[0, 0, 1, 0, 0], [1, 0, 1, 1, 0]]] * 2 and found["maps"]["2"]["light"] == 0
     # as given (4 query blocks of 128): every block at or below the diagonal cut by the parity test, most light
     assert [row[:4] for row in found["maps"]["1"]["summary"][0][0]] == [[0, 0, m + 1, 0] for m in range(4)]
+
+
+CLASSES_WITH_A_BIAS = """import torch
+
+SLOPES = torch.exp2(-torch.arange(1, 5, dtype=torch.float32))
+
+
+def score_mod(score, b, h, q_idx, kv_idx):
+    return score + SLOPES[h] * (kv_idx - q_idx)
+
+
+def mask_mod(b, h, q_idx, kv_idx):
+    return ((kv_idx - q_idx) % 3 == 0) & (kv_idx <= q_idx + 8 * h + 20 * b)
+"""
+
+
+@pytest.mark.parametrize("cfg", [CONFIG, replace(CONFIG, tma=True)], ids=["pointers", "descriptors"])
+def test_the_triton_kernel_runs_each_residue_class_apart_where_a_view_exists(tmp_path, verifier, cfg):
+    """The Triton template runs a dilated mask class by class as the Gluon kernel does, on the same views, so
+    GPUs without Gluon get it too. Here a mask mod 3 with a bound per batch element and head, and a score_mod
+    reading a buffer by head: the spec's functions must see the spec's indices. With pointer loads and with tensor
+    descriptors (which take the views' strides; the interpreter runs both). The verifier accepts the kernel;
+    the class problem runs exactly where a view exists (lengths multiples of 3, as many K heads as Q heads, batch
+    and head that fold), the problem as given elsewhere, and each agrees with the float64 reference."""
+    path = tmp_path / "classes.py"
+    path.write_text(CLASSES_WITH_A_BIAS)
+    source = builtin_kernel(path, cfg)
+    assert "_residue_views" in source
+    assert verifier(str(path), shape=Shape(2, 4, 4, 96, 192, 16)).verify(source).accepted
+    found = run_interpreted(source, f"""
+        cases = {{"classes": (2, 4, 4, 96, 192), "gqa": (2, 4, 2, 96, 192), "ragged": (2, 4, 4, 95, 190),
+                  "transposed": (2, 4, 4, 96, 192)}}
+        slopes = torch.exp2(-torch.arange(1, 5, dtype=torch.float32))
+        runs, saved = {{}}, {{}}
+        for name, (B, H, HK, SQ, SKV) in cases.items():
+            module._BLOCK_MAPS.clear()
+            torch.manual_seed(0)
+            if name == "transposed":  # batch inside head: no view folds them
+                q = torch.randn(H, B, SQ, 16, dtype=torch.float16).transpose(0, 1)
+            else:
+                q = torch.randn(B, H, SQ, 16, dtype=torch.float16)
+            k, v = (torch.randn(B, HK, SKV, 16, dtype=torch.float16) for _ in range(2))
+            o = module.attention(q, k, v, SLOPES=slopes)
+            runs[name] = sorted({{key[5] for key in module._BLOCK_MAPS}})  # P of each block map built
+            saved[name] = (q, k, v, o)
+        torch.save(saved, {str(tmp_path / "cases.pt")!r})
+        print(json.dumps(runs))
+    """, tmp_path)
+    assert found == {"classes": [3], "gqa": [1], "ragged": [1], "transposed": [1]}
+    spec = load_spec(SpecFiles(str(path)))
+    for name, (q, k, v, o) in torch.load(tmp_path / "cases.pt").items():
+        B, H, SQ, D = q.shape
+        expected = exact(q, k, v, spec, None, Shape(B, H, k.shape[1], SQ, k.shape[2], D))
+        assert (o.double() - expected).abs().max().item() < 1e-2, name
 
 
 def block_map_of(source: str, tmp_path: Path, n: int, row: int) -> dict:

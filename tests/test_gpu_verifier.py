@@ -143,6 +143,9 @@ MASKS_FOR_GLUON = {
     # keys in the query's residue class mod 3 only, with a bound per batch element and head: run class by class
     "classes": "def mask_mod(b, h, q_idx, kv_idx):\n"
                "    return ((kv_idx - q_idx) % 3 == 0) & (kv_idx <= q_idx + 64 * h + 100 * b)\n",
+    # four classes, written as equal remainders, with a causal bound
+    "classes_mod4": "def mask_mod(b, h, q_idx, kv_idx):\n"
+                    "    return (q_idx % 4 == kv_idx % 4) & (q_idx >= kv_idx)\n",
 }
 
 
@@ -175,13 +178,14 @@ def test_the_gluon_kernel_with_masks_that_empty_tiles_or_differ_per_head(tmp_pat
 
 
 @hopper
-@pytest.mark.parametrize("block_n, stages", [(128, 2), (64, 3)])
-def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_path, block_n, stages):
-    """A mask that keeps keys in the query's class mod 3 and reads the batch and the head: at the target lengths
-    (multiples of 3, as many K heads as Q heads) the kernel runs each class on strided views and maps the indices
-    back for mask_mod; the verifier's ragged trials run the problem as given. Both must be right."""
-    path = tmp_path / "classes.py"
-    path.write_text(MASKS_FOR_GLUON["classes"])
+@pytest.mark.parametrize("name, block_n, stages", [("classes", 128, 2), ("classes", 64, 3), ("classes_mod4", 64, 3)])
+def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_path, name, block_n, stages):
+    """A mask that keeps keys in the query's class mod 3 and reads the batch and the head (or one mod 4, written
+    as equal remainders): at the target lengths (multiples of P, as many K heads as Q heads) the kernel runs each
+    class on strided views and maps the indices back for mask_mod; the verifier's ragged trials run the problem as
+    given. Both must be right."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(MASKS_FOR_GLUON[name])
     problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 4, 4, 768, 1536, 128), "bf16", "cuda")
     verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
     source = gluon_source(str(path), stages=stages, persistent=True, block_n=block_n)
@@ -193,6 +197,35 @@ def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_p
     assert kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
     # (masks spill a little at 128-key blocks, outside the key loop: 28 on the H200 in this test)
     assert block_n == 128 or kernel["spills"] == 0
+
+
+DILATED_ALIBI = """import torch
+
+SLOPES = torch.exp2(-torch.arange(1, 9, dtype=torch.float32))
+
+
+def score_mod(score, b, h, q_idx, kv_idx):
+    return score + SLOPES[h] * (kv_idx - q_idx)
+
+
+def mask_mod(b, h, q_idx, kv_idx):
+    return (q_idx >= kv_idx) & ((q_idx - kv_idx) % 2 == 0)
+"""
+
+
+@hopper
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_a_dilated_mask_with_a_score_mod_reading_a_buffer_runs_class_by_class_or_as_given(tmp_path, kv_heads):
+    """Dilated causal with ALiBi slopes read from a captured buffer by head: with as many K heads as Q heads the
+    kernel runs the two residue classes apart and score_mod must see the spec's indices (the bias is on the true
+    distance, the slope on the true head); with GQA it runs the problem as given. Both must be right."""
+    path = tmp_path / "alibi_dilated.py"
+    path.write_text(DILATED_ALIBI)
+    problem = Problem(SpecFiles(str(path)), Shape(2, 8, kv_heads, 1024, 2048, 128), "bf16", "cuda")
+    verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
+    source = gluon_source(str(path), stages=3, persistent=True)
+    assert "_residue_views" in source
+    assert_a_verified_gluon_kernel(verifier.verify(source))
 
 
 def mask_for_gluon(tmp_path, name: str):

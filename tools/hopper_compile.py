@@ -64,6 +64,8 @@ def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: st
                      EVEN_KV=even_kv)
     if spec.mask_mod:
         constants.update(FULL_RUNS=runs, PART_RUNS=runs, LIGHT=light)
+    if "P" in kernel.arg_names:  # a dilated mask's kernel as run at lengths its residue classes divide
+        constants["P"] = module.RESIDUES
     return compile_for_hopper(kernel, signature, constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
@@ -102,7 +104,7 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
 
 def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
     """The Triton signature type of one `_attn_fwd` argument, as the wrapper would pass it."""
-    if name in ("BM", "BN", "D", "DP", "EVEN_D", "SCALE_POSITIVE", "FULL_RUNS", "PART_RUNS", "EVEN_KV", "LIGHT"):
+    if name in ("BM", "BN", "D", "DP", "EVEN_D", "SCALE_POSITIVE", "FULL_RUNS", "PART_RUNS", "EVEN_KV", "LIGHT", "P"):
         return "constexpr"
     if name in ("Q", "K", "V", "O"):
         rows = cfg.block_m if name in ("Q", "O") else cfg.block_n

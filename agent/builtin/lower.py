@@ -227,6 +227,17 @@ def _cut_source(signature: str, lines: list[str], conjuncts: list[str]) -> str:
             + "".join(f"    {line}\n" for line in lines) + tests + "    return keep\n")
 
 
+def _unwrapped(node):
+    """`node` without the casts and copies that do not change its value (PASSTHROUGH ops)."""
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) in PASSTHROUGH:
+        node = node.args[0]
+    return node
+
+
+def _is_call(node, name: str) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) == name
+
+
 class _Emitter:
     """Walks the graph in order; each node becomes `tN = <expr>`, cast to the dtype torch gives it."""
 
@@ -270,27 +281,38 @@ class _Emitter:
         return [value]
 
     def _residue_modulus(self, conjunct) -> int:
-        """P when the conjunct is `(q_idx - kv_idx) % P == 0` or `(kv_idx - q_idx) % P == 0` with P a constant of 2
-        or more (true exactly when the two indices have the same residue mod P); else 1."""
-        def unwrapped(node):
-            while isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) in PASSTHROUGH:
-                node = node.args[0]
-            return node
+        """P when the conjunct is true exactly when q_idx and kv_idx have the same residue mod P, a constant of 2 or
+        more: `(q_idx - kv_idx) % P == 0` (or `kv_idx - q_idx`), `q_idx % P == kv_idx % P`, or, for P = 2 only,
+        `(q_idx + kv_idx) % 2 == 0` (a sum has the parity of the difference); else 1. The kernel skips every key
+        outside the query's class, so a form is listed here only when that is exact for all integers."""
+        node = _unwrapped(conjunct)
+        if not (_is_call(node, "eq") and len(node.args) == 2):
+            return 1
+        left, right = node.args
+        if type(right) is int and right == 0 and (mod := self._remainder(left)):
+            operand, modulus = mod
+            if self._index_pair(operand, "sub") or (modulus == 2 and self._index_pair(operand, "add")):
+                return modulus
+            return 1
+        mods = self._remainder(left), self._remainder(right)
+        if all(mods) and mods[0][1] == mods[1][1]:
+            names = sorted(str(self.names.get(operand)) for operand, _ in mods)
+            return mods[0][1] if names == ["kv_idx", "q_idx"] else 1
+        return 1
 
-        node = unwrapped(conjunct)
-        if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) == "eq"
-                and len(node.args) == 2 and node.args[1] == 0 and not isinstance(node.args[1], bool)):
-            return 1
-        remainder = unwrapped(node.args[0])
-        if not (isinstance(remainder, torch.fx.Node) and remainder.op == "call_function"
-                and op_name(remainder) == "remainder" and type(remainder.args[1]) is int and remainder.args[1] >= 2):
-            return 1
-        difference = unwrapped(remainder.args[0])
-        if not (isinstance(difference, torch.fx.Node) and difference.op == "call_function"
-                and op_name(difference) == "sub" and difference.kwargs.get("alpha", 1) == 1):
-            return 1
-        operands = [self.names.get(unwrapped(a)) for a in difference.args[:2]]
-        return remainder.args[1] if sorted(map(str, operands)) == ["kv_idx", "q_idx"] else 1
+    def _remainder(self, value) -> tuple | None:
+        """(x, P) for `x % P` with P an int constant of 2 or more."""
+        node = _unwrapped(value)
+        if _is_call(node, "remainder") and type(node.args[1]) is int and node.args[1] >= 2:
+            return _unwrapped(node.args[0]), node.args[1]
+        return None
+
+    def _index_pair(self, value, op: str) -> bool:
+        """Whether `value` is q_idx and kv_idx combined by `op` (sub or add, no scaling), in either order."""
+        node = _unwrapped(value)
+        if not (_is_call(node, op) and len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1):
+            return False
+        return sorted(str(self.names.get(_unwrapped(a))) for a in node.args) == ["kv_idx", "q_idx"]
 
     # ------------------------------------------------------------------------------------------ helpers
     def _ref(self, arg) -> str:

@@ -60,10 +60,10 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
     if cfg.num_stages < cfg.fewest_stages:
         raise ValueError("the Gluon kernel needs two stages or more: it loads the next key block while this one's "
                          "K and V are still in use")
-    # the Gluon kernel runs each residue class of a dilated mask as a problem of its own, on views that fold batch
-    # and head into one dimension and make the class the head: its block map is per class, and per view batch
-    # wherever the mask reads the batch or the head
-    residues = mask.residues if mask and cfg.gluon else 1
+    # the kernel runs each residue class of a dilated mask as a problem of its own, on views that fold batch and
+    # head into one dimension and make the class the head: its block map is per class, and per view batch wherever
+    # the mask reads the batch or the head
+    residues = mask.residues if mask else 1
     uses_b, uses_h = bool(mask and "b" in mask.depends), bool(mask and "h" in mask.depends)
     return TEMPLATES.get_template("gluon.py.j2" if cfg.gluon else "flash.py.j2").render(
         spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
