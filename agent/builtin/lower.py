@@ -265,8 +265,9 @@ class _Emitter:
                 result = node.args[0]
                 result = result[0] if isinstance(result, (tuple, list)) else result
                 self.result_depends = self.deps.get(result, set())
-                self.result_conjuncts = [self._ref(c) for c in self._conjuncts(result)]
-                self.result_residues = max([self._residue_modulus(c) for c in self._conjuncts(result)], default=1)
+                conjuncts = self._conjuncts(result)
+                self.result_conjuncts = [self._ref(c) for c in conjuncts]
+                self.result_residues = max(self._residue_modulus(c) for c in conjuncts)
                 self.lines.append(f"return {self._ref(result)}")
         return self.lines
 
@@ -295,9 +296,8 @@ class _Emitter:
                 return modulus
             return 1
         mods = self._remainder(left), self._remainder(right)
-        if all(mods) and mods[0][1] == mods[1][1]:
-            names = sorted(str(self.names.get(operand)) for operand, _ in mods)
-            return mods[0][1] if names == ["kv_idx", "q_idx"] else 1
+        if all(mods) and mods[0][1] == mods[1][1] and self._are_the_indices(mods[0][0], mods[1][0]):
+            return mods[0][1]
         return 1
 
     def _remainder(self, value) -> tuple | None:
@@ -310,9 +310,12 @@ class _Emitter:
     def _index_pair(self, value, op: str) -> bool:
         """Whether `value` is q_idx and kv_idx combined by `op` (sub or add, no scaling), in either order."""
         node = _unwrapped(value)
-        if not (_is_call(node, op) and len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1):
-            return False
-        return sorted(str(self.names.get(_unwrapped(a))) for a in node.args) == ["kv_idx", "q_idx"]
+        return (_is_call(node, op) and len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1
+                and self._are_the_indices(*node.args))
+
+    def _are_the_indices(self, a, b) -> bool:
+        """Whether a and b are q_idx and kv_idx, in either order."""
+        return sorted(str(self.names.get(_unwrapped(x))) for x in (a, b)) == ["kv_idx", "q_idx"]
 
     # ------------------------------------------------------------------------------------------ helpers
     def _ref(self, arg) -> str:
