@@ -43,7 +43,7 @@ class Case:
     @classmethod
     def parse(cls, text: str) -> "Case":
         spec, shape, config = text.split(maxsplit=2)
-        KernelConfig.from_label(config)  # a bad label fails here, before any GPU time
+        parse_shape(shape), KernelConfig.from_label(config)  # a bad shape or label fails here, before any GPU time
         return cls(spec, shape, config)
 
 

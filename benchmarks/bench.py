@@ -82,13 +82,19 @@ def sweep_grid(head_dim: int) -> list[KernelConfig]:
 
 
 def parse_shape(text: str) -> Shape:
-    b, h, n, d = (int(x) for x in text.split("x"))
-    return Shape(b, h, h, n, n, d)
+    """"BxHxNxD" (2x16x8192x128), or with GQA "BxH/HKVxNxD" (2x16/4x8192x128: 4 K and V heads), as a row's
+    label writes its heads."""
+    found = re.fullmatch(r"(\d+)x(\d+)(?:/(\d+))?x(\d+)x(\d+)", text.strip())
+    if not found:
+        raise ValueError(f"not a shape: {text!r} (expected BxHxNxD, or BxH/HKVxNxD with GQA, e.g. 2x16/4x8192x128)")
+    b, h, kv_heads, n, d = found.groups()
+    return Shape(int(b), int(h), int(kv_heads or h), int(n), int(n), int(d))
 
 
 def shape_of_label(label: str) -> Shape:
-    """The benchmark's shapes back from their labels ("B2 H16 N8192 D128"), for reports of saved results."""
-    found = re.fullmatch(r"B(\d+) H(\d+) N(\d+) D(\d+)", label)
+    """The benchmark's shapes back from their labels ("B2 H16 N8192 D128", "B2 H16/4 N8192 D128"), for reports of
+    saved results."""
+    found = re.fullmatch(r"B(\d+) H(\d+(?:/\d+)?) N(\d+) D(\d+)", label)
     if not found:
         raise ValueError(f"not a benchmark shape label: {label!r}")
     return parse_shape("x".join(found.groups()))
@@ -246,7 +252,9 @@ def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
 
 def _sdpa_ms(sets, kind: str) -> float:
     f = torch.nn.functional.scaled_dot_product_attention
-    return timing.time_calls(lambda i: f(*sets[i], is_causal=kind == "causal"), len(sets), **TIMING).ms
+    gqa = sets[0][0].shape[1] != sets[0][1].shape[1]
+    return timing.time_calls(lambda i: f(*sets[i], is_causal=kind == "causal", enable_gqa=gqa), len(sets),
+                             **TIMING).ms
 
 
 def _guarded(row: Row, what: str, action) -> None:
@@ -301,7 +309,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", default="", help="comma-separated spec names in --spec-dir (default: all)")
     parser.add_argument("--spec-dir", default=str(ROOT / "examples" / "specs"))
-    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="BxHxNxD,...")
+    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="BxHxNxD,... (BxH/HKVxNxD with GQA)")
     parser.add_argument("--flex", default="default,max-autotune",
                         help="flex modes to time: default, max-autotune, flash (FlashAttention-4's kernels)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))

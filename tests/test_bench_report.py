@@ -174,3 +174,19 @@ def test_ab_refuses_two_bases_of_one_name(tmp_path, capsys):
               "noop 2x16x8192x128 BM128 BN64 w4 s3 gluon"])
     assert exit_info.value.code == 2
     assert "each --base needs its own NAME" in capsys.readouterr().err
+
+
+def test_shapes_are_read_with_and_without_gqa():
+    """--shapes and ab.py's cases take GQA shapes in the form a row's label writes the heads (H16/4), and a saved
+    row's label reads back to its shape."""
+    from benchmarks.bench import parse_shape, shape_of_label
+
+    gqa = parse_shape("2x16/4x8192x128")
+    assert (gqa.batch, gqa.heads, gqa.kv_heads, gqa.seq_len, gqa.kv_seq_len, gqa.head_dim) == (2, 16, 4, 8192, 8192,
+                                                                                             128)
+    assert gqa.label() == "B2 H16/4 N8192 D128" and shape_of_label(gqa.label()) == gqa
+    plain = parse_shape("8x16x2048x64")
+    assert plain.kv_heads == 16 and shape_of_label(plain.label()) == plain
+    for bad in ("2x16x8192", "2x16/x8192x128", "2x16x4x8192x128"):
+        with pytest.raises(ValueError, match="BxH/HKVxNxD"):
+            parse_shape(bad)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import flash_source, gluon_source, kernel_file
+from benchmarks.bench import load_module
+from kernels import builtin_source, flash_source, gluon_source, kernel_file
 from verifier.problem import Problem, Shape
 from verifier.spec import SpecFiles
 from verifier.verify import Verifier, VerifyOptions
@@ -199,6 +200,29 @@ def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_p
     assert block_n == 128 or kernel["spills"] == 0
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("config", ["BM128 BN64 w8 s3", pytest.param("BM64 BN128 w4 s2 tma", marks=hopper)])
+def test_the_triton_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_path, config, kv_heads):
+    """The Triton template's class-by-class path (what GPUs without Gluon run, and what the search times beside
+    Gluon on Hopper), with pointer loads and with tensor descriptors on the strided views, with as many K heads as
+    Q heads and with GQA (a Q view batch reads its K head's view): the mask mod 3 with a bound per batch element and
+    head, at lengths where the classes run apart and the verifier's ragged ones where the problem runs as given.
+    The pointer config keeps every register. The descriptor one's compile report counted 2 spills on the H200, in
+    one of its variants (the sm_90 compile of its class variant on the CPU has none)."""
+    path = tmp_path / "classes.py"
+    path.write_text(MASKS_FOR_GLUON["classes"])
+    problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 4, kv_heads, 768, 1536, 128), "bf16", "cuda")
+    verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
+    source = builtin_source(str(path), config)
+    assert "_residue_views" in source and "gluon" not in source
+    verdict = verifier.verify(source)
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    m = verdict.metrics
+    assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")
+    [kernel] = [k for k in m.compiled if k["name"] == "_attn_fwd"]
+    assert kernel["spills"] == 0 or "tma" in config
+
+
 DILATED_ALIBI = """import torch
 
 SLOPES = torch.exp2(-torch.arange(1, 9, dtype=torch.float32))
@@ -215,17 +239,24 @@ def mask_mod(b, h, q_idx, kv_idx):
 
 @hopper
 @pytest.mark.parametrize("kv_heads", [8, 2])
-def test_a_dilated_mask_with_a_score_mod_reading_a_buffer_runs_class_by_class_or_as_given(tmp_path, kv_heads):
-    """Dilated causal with ALiBi slopes read from a captured buffer by head: with as many K heads as Q heads the
-    kernel runs the two residue classes apart and score_mod must see the spec's indices (the bias is on the true
-    distance, the slope on the true head); with GQA it runs the problem as given. Both must be right."""
+def test_a_dilated_mask_with_a_score_mod_reading_a_buffer_runs_class_by_class(tmp_path, kv_heads):
+    """Dilated causal with ALiBi slopes read from a captured buffer by head, with as many K heads as Q heads and
+    with GQA: the kernel runs the two residue classes apart (with GQA each Q view batch reads its K head's view),
+    and score_mod must see the spec's indices (the bias is on the true distance, the slope on the true head)."""
     path = tmp_path / "alibi_dilated.py"
     path.write_text(DILATED_ALIBI)
-    problem = Problem(SpecFiles(str(path)), Shape(2, 8, kv_heads, 1024, 2048, 128), "bf16", "cuda")
-    verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
+    shape = Shape(2, 8, kv_heads, 1024, 2048, 128)
+    verifier = Verifier(Problem(SpecFiles(str(path)), shape, "bf16", "cuda"),
+                        VerifyOptions(baseline=False, require_single_kernel=True))
     source = gluon_source(str(path), stages=3, persistent=True)
     assert "_residue_views" in source
     assert_a_verified_gluon_kernel(verifier.verify(source))
+    # at the target the classes ran apart: the block maps the kernel built are those of P = 2
+    module = load_module(source, tmp_path)
+    q, k, v = (torch.randn(*s, device="cuda", dtype=torch.bfloat16) for s in (shape.q_shape, shape.kv_shape,
+                                                                              shape.kv_shape))
+    module.attention(q, k, v, SLOPES=torch.exp2(-torch.arange(1, 9, dtype=torch.float32, device="cuda")))
+    assert {key[5] for key in module._BLOCK_MAPS} == {2}
 
 
 def mask_for_gluon(tmp_path, name: str):

@@ -130,12 +130,16 @@ def kernel_file(name: str) -> str:
     return text.replace(HONEST_MARKER, honest[honest.index("@triton.jit"):].rstrip("\n"))
 
 
-def gluon_source(spec_path: str, stages: int = 4, persistent: bool = False, block_n: int = 64) -> str:
-    """The built-in Gluon kernel (warp-specialized, Hopper) rendered for a spec."""
+def builtin_source(spec_path: str, config_label: str) -> str:
+    """The built-in kernel rendered for a spec at a config, as the search renders it ("BM64 BN128 w4 s2 tma")."""
     from agent.builtin.lower import lower_spec
     from agent.builtin.template import KernelConfig, render_kernel
     from verifier.spec import SpecFiles, load_spec
 
     spec = load_spec(SpecFiles(spec_path))
-    return render_kernel(spec.name, lower_spec(spec), KernelConfig(128, block_n, 4, stages, gluon=True,
-                                                                  persistent=persistent))
+    return render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(config_label))
+
+
+def gluon_source(spec_path: str, stages: int = 4, persistent: bool = False, block_n: int = 64) -> str:
+    """The built-in Gluon kernel (warp-specialized, Hopper) rendered for a spec."""
+    return builtin_source(spec_path, f"BM128 BN{block_n} w4 s{stages} gluon" + (" persistent" if persistent else ""))
