@@ -43,7 +43,8 @@ class Case:
     @classmethod
     def parse(cls, text: str) -> "Case":
         spec, shape, config = text.split(maxsplit=2)
-        parse_shape(shape), KernelConfig.from_label(config)  # a bad shape or label fails here, before any GPU time
+        parse_shape(shape)  # a bad shape or config label fails here, before any GPU time
+        KernelConfig.from_label(config)
         return cls(spec, shape, config)
 
 

@@ -82,8 +82,8 @@ def sweep_grid(head_dim: int) -> list[KernelConfig]:
 
 
 def parse_shape(text: str) -> Shape:
-    """"BxHxNxD" (2x16x8192x128), or with GQA "BxH/HKVxNxD" (2x16/4x8192x128: 4 K and V heads), as a row's
-    label writes its heads."""
+    """A shape written BxHxNxD (2x16x8192x128), or with GQA BxH/HKVxNxD (2x16/4x8192x128: 4 K and V heads), as a
+    row's label writes its heads."""
     found = re.fullmatch(r"(\d+)x(\d+)(?:/(\d+))?x(\d+)x(\d+)", text.strip())
     if not found:
         raise ValueError(f"not a shape: {text!r} (expected BxHxNxD, or BxH/HKVxNxD with GQA, e.g. 2x16/4x8192x128)")
