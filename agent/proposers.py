@@ -61,24 +61,23 @@ def has_wgmma() -> bool:
 def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: bool = False) -> list[KernelConfig]:
     """Configs to try first, most promising first (by head dim); refinements (stages) come from results.
 
-    On Hopper, the configs that won somewhere in the H100 config sweeps (benchmarks/results, README):
-    tensor descriptors, which also free the ~100 registers that pointer tiles cost; at D=128 128x128 tiles with
-    3 stages, 128x64 for masks that cut many blocks, 64x64 with 4 warps for masks with fine structure (two
-    blocks share an SM); at D=64 64x128 tiles with 4 warps and 2 stages for dense, causal and dilated specs,
-    plain pointer loads with 64x64 or 128x64 tiles for sliding windows and key padding. Warp specialization is
-    left out: Triton 3.6 compiles these kernels with and without it to the same code. Elsewhere a wider space,
+    On Hopper, the configs that won somewhere in the H100 config sweeps (benchmarks/results,
+    benchmarks/MEASURED.md): tensor descriptors, which also free the ~100 registers that pointer tiles cost; at
+    D=128 128x128 tiles with 3 stages, 128x64 for masks that cut many blocks, 64x64 with 4 warps for masks with fine
+    structure (two blocks share an SM); at D=64 64x128 tiles with 4 warps and 2 stages for dense, causal and dilated
+    specs, plain pointer loads with 64x64 or 128x64 tiles for sliding windows and key padding. Warp specialization
+    is left out: Triton 3.6 compiles these kernels with and without it to the same code. Elsewhere a wider space,
     since nothing was measured. With `gluon` (the GPU runs the Gluon kernel: sm_90), Hopper also tries the
     warp-specialized Gluon kernel (a loader and two consumer warpgroups) first at D=128, where it beat the Triton
     kernels by 1-11% on noop, rel_pos and alibi, and by 9-15% on causal and key padding at 2048 keys (persistent,
-    reading the block map); level on dilated causal, behind on sliding windows. It is tried persistent (one
-    program per SM, looping over query tiles: 1-6% faster on dense specs at 2048 keys) and with one program per
-    tile (level, or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere. 128-key
-    blocks with Q left in shared memory (two stages fit) come first: since a stage's K goes back to the loader
-    a block before its V, on an H200 they beat 64-key blocks on plain attention at 8192 keys (1.72-1.82 ms
-    against 1.82-1.89), key padding (0.78-0.80 against 0.81-0.83) and causal, though they spill a little with a
-    block map; 64-key blocks stay ahead on rel_pos and alibi (7-10%), and are tried next. At D=64 it
-    comes last, with 128-key blocks: 2-3% ahead of the Triton kernels on noop, causal and key padding, 13-70%
-    behind on the others."""
+    reading the block map); level on dilated causal, behind on sliding windows. It is tried persistent (one program
+    per SM, looping over query tiles: 1-6% faster on dense specs at 2048 keys) and with one program per tile (level,
+    or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere. 128-key blocks with Q left in
+    shared memory (two stages fit) come first: since a stage's K goes back to the loader a block before its V, on an
+    H200 they beat 64-key blocks on plain attention at 8192 keys (1.72-1.82 ms against 1.82-1.89), key padding
+    (0.78-0.80 against 0.81-0.83) and causal, though they spill a little with a block map; 64-key blocks stay ahead
+    on rel_pos and alibi (7-10%), and are tried next. At D=64 it comes last, with 128-key blocks: 2-3% ahead of the
+    Triton kernels on noop, causal and key padding, 13-70% behind on the others."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
     if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows

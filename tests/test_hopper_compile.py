@@ -34,7 +34,8 @@ def test_one_stage_more_does_not_fit(causal):
 
 
 def test_warp_specialization_changes_nothing_on_hopper_with_the_pinned_triton(causal):
-    """Why the search leaves warp_specialize out (README, prompts/hopper.j2): the same SASS with and without it."""
+    """Why the search leaves warp_specialize out (benchmarks/MEASURED.md, prompts/hopper.j2): the same SASS with and
+    without it."""
     plain = compile_builtin(causal, KernelConfig(128, 64, 8, 3, tma=True), head_dim=128)
     specialized = compile_builtin(causal, KernelConfig(128, 64, 8, 3, tma=True, warp_specialize=True), head_dim=128)
     assert plain["sass_sha"] == specialized["sass_sha"]

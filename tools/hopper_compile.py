@@ -150,7 +150,8 @@ def exponentials_under_pv(instructions: list[str]) -> list[int]:
     """For each wait that leaves one wgmma group in flight (`WARPGROUP.DEPBAR.LE gsb0, 0x1`: QK^T done, PV still
     running), the exponentials (MUFU.EX2) issued before the next full wait (`0x0`): the part of the softmax that
     overlaps the warpgroup's own PV. ptxas, not the source order, decides it: the shipped Gluon kernel gets 1-2 of
-    34 a 64-key block, FlashAttention-4's Hopper kernel 11 of 66 a 128-key block (README, sixteenth session)."""
+    34 a 64-key block, FlashAttention-4's Hopper kernel 11 of 66 a 128-key block (benchmarks/MEASURED.md,
+    sixteenth session)."""
     counts, open_count = [], None
     for text in instructions:
         if PARTIAL_WGMMA_WAIT.match(text):
