@@ -234,8 +234,9 @@ def _unwrapped(node):
     return node
 
 
-def _is_call(node, name: str) -> bool:
-    return isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) == name
+def _is_call(node, *names: str) -> bool:
+    """Whether `node` calls one of the ops `names`."""
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and op_name(node) in names
 
 
 class _Emitter:
@@ -272,14 +273,12 @@ class _Emitter:
         return self.lines
 
     def _conjuncts(self, value) -> list:
-        """The terms of `value` as a top-level `a & b & ...` of booleans (itself, if it is not one)."""
-        if isinstance(value, torch.fx.Node) and value.op == "call_function":
-            if op_name(value) in PASSTHROUGH:
-                return self._conjuncts(value.args[0])
-            if op_name(value) in ("bitwise_and", "logical_and") and all(
-                    isinstance(a, torch.fx.Node) and _is_bool(a) for a in value.args[:2]):
-                return self._conjuncts(value.args[0]) + self._conjuncts(value.args[1])
-        return [value]
+        """The terms of `value` as a top-level `a & b & ...` of booleans (itself, less its casts, if it is not one)."""
+        node = _unwrapped(value)
+        if _is_call(node, "bitwise_and", "logical_and") and all(
+                isinstance(a, torch.fx.Node) and _is_bool(a) for a in node.args[:2]):
+            return self._conjuncts(node.args[0]) + self._conjuncts(node.args[1])
+        return [node]
 
     def _residue_modulus(self, conjunct) -> int:
         """P when the conjunct is true exactly when q_idx and kv_idx have the same residue mod P, a constant of 2 or
