@@ -135,6 +135,24 @@ def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs
     assert_a_verified_gluon_kernel(verdict)
 
 
+
+@hopper
+@pytest.mark.parametrize("spec, persistent, stages",
+                         [("noop", True, 2), ("causal", True, 3), ("key_padding", False, 3)])
+def test_the_gluon_kernel_at_d64_with_128_key_blocks_takes_each_row_max_in_two_chains(gpu_verifier, specs, spec,
+                                                                                        persistent, stages):
+    """At D=64 with 128-key blocks (the configs the search picked there in the benchmark) the consumers take each
+    row's max as two independent chains (`_row_max_in_chains`), a layout-changing reshape of the scores: every
+    trial, dense and masked, one launch. Masks spill a little at this size, outside the key loop. (The dense kernel
+    at 3 stages spills 5 instructions in the key loop of its ragged-length variant, with or without the split.)"""
+    source = gluon_source(str(specs / f"{spec}.py"), stages=stages, persistent=persistent, block_n=128)
+    verdict = gpu_verifier(spec, shape=TARGET, require_single_kernel=True).verify(source)
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    assert verdict.metrics.launches_per_call == 1
+    [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
+    assert kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
+    assert kernel["loop_spill_instructions"] == 0
+
 MASKS_FOR_GLUON = {
     # query tiles of 128 rows with no key at all: the loader skips them, their consumers write zeros
     "late": "def mask_mod(b, h, q_idx, kv_idx):\n    return q_idx >= kv_idx + 300\n",

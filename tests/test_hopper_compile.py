@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from hopper_compile import compile_builtin, exponentials_under_pv  # noqa: E402
+from hopper_compile import compile_builtin, compiled_builtin, exponentials_under_pv, facts  # noqa: E402
 
 from agent.builtin.template import KernelConfig  # noqa: E402
 from verifier.sass import sass_listing  # noqa: E402
@@ -63,6 +63,20 @@ def test_the_shared_memory_estimate_matches_what_triton_allocates(specs, spec, c
 
     compiled = compile_builtin(str(specs / spec), cfg, head_dim=head_dim)["shared_bytes"]
     assert abs(descriptor_shared_bytes(cfg, head_dim) - compiled) <= 1024
+
+
+@pytest.mark.parametrize("head_dim, block_n, split", [(64, 128, True), (128, 128, False), (64, 64, False)])
+def test_the_gluon_kernel_takes_each_row_max_in_two_chains_only_at_d64_with_128_key_blocks(specs, head_dim, block_n,
+                                                                                            split):
+    """Where it was measured to pay (`_split_row_max`): the scores are reshaped so that each row's max runs as two
+    chains, which shows in the kernel's IR as reshapes. Elsewhere the kernel is the plain one. Either way the key
+    loop keeps a wgmma in flight and does not spill (the masked kernel spills a little outside it)."""
+    cfg = KernelConfig(128, block_n, 4, 3, gluon=True, persistent=True)
+    compiled = compiled_builtin(str(specs / "key_padding.py"), cfg, head_dim)
+    assert ("tt.reshape" in compiled.asm["ttgir"]) == split
+    report = facts(compiled)
+    assert report["matmul_loop_spill_instructions"] == 0 and report["partial_wgmma_waits"] > 0
+    assert not report["wgmma_serialized"]
 
 
 @pytest.mark.parametrize("spec, head_dim", [("noop", 128), ("rel_pos", 128), ("alibi", 64), ("softcap", 128)])
