@@ -135,7 +135,6 @@ def test_the_builtin_gluon_kernel_is_verified_like_any_other(gpu_verifier, specs
     assert_a_verified_gluon_kernel(verdict)
 
 
-
 @hopper
 @pytest.mark.parametrize("spec, persistent, stages",
                          [("noop", True, 2), ("causal", True, 3), ("key_padding", False, 3)])
@@ -147,11 +146,9 @@ def test_the_gluon_kernel_at_d64_with_128_key_blocks_takes_each_row_max_in_two_c
     at 3 stages spills 5 instructions in the key loop of its ragged-length variant, with or without the split.)"""
     source = gluon_source(str(specs / f"{spec}.py"), stages=stages, persistent=persistent, block_n=128)
     verdict = gpu_verifier(spec, shape=TARGET, require_single_kernel=True).verify(source)
-    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
-    assert verdict.metrics.launches_per_call == 1
-    [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
-    assert kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
+    kernel = a_single_gluon_launch(verdict)
     assert kernel["loop_spill_instructions"] == 0
+
 
 MASKS_FOR_GLUON = {
     # query tiles of 128 rows with no key at all: the loader skips them, their consumers write zeros
@@ -182,11 +179,7 @@ def test_the_gluon_kernel_with_128_key_blocks_reads_q_from_shared_memory(gpu_ver
     else:
         path = specs / f"{spec}.py"
         verifier = gpu_verifier(spec, shape=Shape(2, 16, 16, 2048, 2048, 128), require_single_kernel=True)
-    verdict = verifier.verify(gluon_source(str(path), stages=2, persistent=persistent, block_n=128))
-    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
-    assert verdict.metrics.launches_per_call == 1
-    [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
-    assert kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
+    a_single_gluon_launch(verifier.verify(gluon_source(str(path), stages=2, persistent=persistent, block_n=128)))
 
 
 @hopper
@@ -210,10 +203,7 @@ def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_p
     source = gluon_source(str(path), stages=stages, persistent=True, block_n=block_n)
     assert "_residue_views" in source
     verdict = verifier.verify(source)
-    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
-    assert verdict.metrics.launches_per_call == 1
-    [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
-    assert kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
+    kernel = a_single_gluon_launch(verdict)
     # (masks spill a little at 128-key blocks, outside the key loop: 28 on the H200 in this test)
     assert block_n == 128 or kernel["spills"] == 0
 
@@ -285,10 +275,18 @@ def mask_for_gluon(tmp_path, name: str):
     return path, Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
 
 
-def assert_a_verified_gluon_kernel(verdict) -> None:
+def a_single_gluon_launch(verdict) -> dict:
+    """The compile facts of the accepted Gluon kernel, asserting it ran as one launch of 12 warps (the loader's
+    warpgroup and two consumer warpgroups) with no serialized wgmmas."""
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    assert verdict.metrics.launches_per_call == 1
+    [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
+    assert kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
+    return kernel
+
+
+def assert_a_verified_gluon_kernel(verdict) -> None:
+    kernel = a_single_gluon_launch(verdict)
     m = verdict.metrics
-    assert m.ms > 0 and m.launches_per_call == 1 and m.launch_names[0].startswith("_attn_fwd")
-    [kernel] = [k for k in m.compiled if k["name"] == "_attn_fwd"]
-    # 12 warps: the loader's warpgroup and two consumer warpgroups
-    assert kernel["spills"] == 0 and kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
+    assert m.ms > 0 and m.launch_names[0].startswith("_attn_fwd")
+    assert kernel["spills"] == 0
