@@ -70,7 +70,8 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
         score=lowered.score, mask=mask, linear_bias=_adds_bias_by_block(lowered, cfg),
         buffer_params=lowered.buffer_params(),
         buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
-        residues=residues, index_params=", H0, P" if residues > 1 else "", kv_params=", G0" if residues > 1 and cfg.tma else "",
+        residues=residues, index_params=", H0, P" if residues > 1 else "",
+        kv_params=", G0" if residues > 1 and cfg.tma else "",
         mask_uses_b=uses_b or (residues > 1 and uses_h), mask_uses_h=uses_h or residues > 1)
 
 
