@@ -6,7 +6,9 @@ be given more than once, as NAME=DIR, to time several variants against each othe
 case, all kernels are checked against the float64 reference on the case's inputs, then timed in turn,
 `--reps` times each, alternating, `--seconds` a call each (the benchmark's timing: CUDA events, L2 flushed,
 three input sets rotated). Alternating in one process keeps the GPU's clock and power state the same for both,
-which separate runs do not: run to run a kernel's time moves by several percent.
+which separate runs do not: run to run a kernel's time moves by several percent. `--host` also times the host's
+side of a call (the Python wrapper and the launch, the GPU not waited for): where it is longer than the kernel,
+calls in a row wait on the host, not on the GPU.
 
     python benchmarks/ab.py --base /tmp/base --case "rel_pos 2x16x8192x128 BM128 BN64 w4 s3 gluon persistent"
     python benchmarks/ab.py --base head=/tmp/head --base try2=/tmp/try2 --case "noop 8x16x2048x128 BM128 BN64 w4 s3 gluon"
@@ -18,6 +20,7 @@ import importlib.util
 import json
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,7 @@ class Result:
     case: Case
     error_ratio: dict = field(default_factory=dict)  # version -> worst error / tolerance (<= 1 is correct)
     ms: dict = field(default_factory=dict)  # version -> [ms of each repetition]
+    host_us: dict = field(default_factory=dict)  # version -> [host microseconds a call, each repetition] (--host)
     error: str = ""
 
 
@@ -66,7 +70,19 @@ def base_renderer(base: Path, name: str = "base"):
     return module.render_kernel
 
 
-def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seconds: float, workdir: Path) -> Result:
+def host_us_per_call(call, n_sets: int, calls: int = 300) -> float:
+    """The host's time per call (the wrapper and the launch), not waiting for the GPU between calls."""
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for i in range(calls):
+        call(i % n_sets)
+    elapsed = time.perf_counter() - started
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seconds: float, workdir: Path,
+             host: bool = False) -> Result:
     result = Result(case)
     spec = load_spec(SpecFiles(str(spec_dir / f"{case.spec}.py")))
     shape = parse_shape(case.shape)
@@ -85,6 +101,9 @@ def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seco
         for version, fn in kernels.items():
             ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), target_s=seconds, **TIMING).ms
             result.ms.setdefault(version, []).append(round(ms, 4))
+            if host:
+                us = host_us_per_call(lambda i: fn(*sets[i], **buffers), len(sets))
+                result.host_us.setdefault(version, []).append(round(us, 1))
     return result
 
 
@@ -101,6 +120,14 @@ def print_table(results: list[Result], versions: list[str]) -> None:
         times = [" / ".join(f"{x:.3f}" for x in r.ms[v]) for v in versions]
         ratios = [f"{sum(r.ms[v]) / sum(r.ms[first]):.3f}" for v in later]
         print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | " + " | ".join(times + ratios) + " |")
+    if any(r.host_us for r in results):
+        print("\nHost microseconds a call (the wrapper and the launch; the GPU not waited for):\n")
+        print("| case | config | " + " | ".join(f"{v} host us" for v in versions) + " |")
+        print("|---|---|" + "---|" * len(versions))
+        for r in results:
+            if r.host_us:
+                print(f"| {r.case.spec} {r.case.shape} | {r.case.config} | "
+                      + " | ".join(" / ".join(f"{x:.0f}" for x in r.host_us[v]) for v in versions) + " |")
 
 
 def parse_base(text: str) -> tuple[str, Path]:
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="timed per call of each version")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--out", default="ab.json")
+    parser.add_argument("--host", action="store_true", help="also time the host's side of each call")
     args = parser.parse_args(argv)
     names = [name for name, _ in args.base]
     if len(set(names + ["after"])) != len(names) + 1:
@@ -134,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.case:
             try:
                 results.append(run_case(case, renderers, Path(args.spec_dir), DTYPES[args.dtype], args.reps,
-                                        args.seconds, Path(tmp)))
+                                        args.seconds, Path(tmp), args.host))
             except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
                 results.append(Result(case, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"))
             print(json.dumps(asdict(results[-1])), flush=True)
