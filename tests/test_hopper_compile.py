@@ -9,8 +9,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from hopper_compile import compile_builtin, compiled_builtin, exponentials_under_pv, facts  # noqa: E402
 
-from agent.builtin.template import KernelConfig  # noqa: E402
+from agent.builtin.lower import lower_spec  # noqa: E402
+from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from verifier.sass import sass_listing  # noqa: E402
+from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +206,20 @@ def test_the_light_loop_is_compiled_only_for_shapes_with_light_blocks(specs):
     assert dilated[0]["tensor_core_instructions"] == causal["tensor_core_instructions"]
     assert 2 * dilated[1]["tensor_core_instructions"] == 3 * causal["tensor_core_instructions"]
     assert all(report["spill_instructions"] == 0 for report in dilated.values())
+
+
+def test_the_gluon_kernel_with_192_query_rows_runs_three_consumer_warpgroups(specs):
+    """FlashAttention-4's sm_90 tile at D <= 64 has 192 query rows: three consumer warpgroups of 64 rows, with 160
+    registers a thread each (what 65536 leave beside the loader's 32). At 64-key blocks it fits, nothing spills and
+    no wgmma is serialized, with half again the exponentials of the 128-row kernel: one more warpgroup's share. Only
+    for a spec without a mask_mod: the block map's query blocks are powers of two."""
+    rows_192, rows_128 = (compile_builtin(str(specs / "noop.py"), KernelConfig(rows, 64, 4, 3, gluon=True,
+                                                                               persistent=True), head_dim=64)
+                          for rows in (192, 128))
+    assert rows_192["fits_shared_memory"] and rows_192["spill_instructions"] == 0
+    assert not rows_192["wgmma_serialized"] and rows_192["partial_wgmma_waits"] > 0
+    exponentials = [report["special_function_instructions"]["EX2"] for report in (rows_192, rows_128)]
+    assert 2 * exponentials[0] == 3 * exponentials[1]
+    causal = load_spec(SpecFiles(str(specs / "causal.py")))
+    with pytest.raises(ValueError, match="192-row"):
+        render_kernel(causal.name, lower_spec(causal), KernelConfig(192, 64, 4, 3, gluon=True))

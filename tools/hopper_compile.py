@@ -90,9 +90,10 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
     import torch
     from triton.runtime.jit import mangle_type
     t = torch.empty(1, 1, 256, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-    descs = [module._descriptor(t, rows) for rows in (cfg.block_m // 2, cfg.block_n, cfg.block_n, cfg.block_m // 2)]
+    rows = cfg.block_m // module.CONSUMERS.value  # each consumer warpgroup's query rows
+    descs = [module._descriptor(t, r) for r in (rows, cfg.block_n, cfg.block_n, rows)]
     # a dilated mask's kernel as the GPU runs it at lengths its residue classes divide (P: the classes run apart)
-    constants = dict(BMH=cfg.block_m // 2, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
+    constants = dict(BMH=rows, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
                      SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS, LIGHT=light,
                      P=getattr(module, "RESIDUES", 1))
     constants = {name: value for name, value in constants.items() if name in module._attn_fwd.arg_names}

@@ -21,8 +21,8 @@ class KernelConfig:
     num_stages: int = 2
     tma: bool = False  # Hopper tensor descriptors for Q, K, V and O (bounds handled by the copy engine)
     warp_specialize: bool = False  # producer/consumer warps for the key loop (with tma)
-    # the Gluon kernel (Hopper): a loader warpgroup and two consumer warpgroups of block_m / 2 rows; num_warps is
-    # per warpgroup
+    # the Gluon kernel (Hopper): a loader warpgroup and two consumer warpgroups of block_m / 2 rows (three of 64
+    # at block_m 192); num_warps is per warpgroup
     gluon: bool = False
     # Gluon only: one program per SM, each looping over query tiles (the next tile's loads overlap this one's end)
     persistent: bool = False
@@ -64,13 +64,19 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
     # head into one dimension and make the class the head: its block map is per class, and per view batch wherever
     # the mask reads the batch or the head
     residues = mask.residues if mask else 1
+    # the Gluon kernel's consumer warpgroups: two of BLOCK_M / 2 query rows, or three of 64 for 192-row tiles
+    # (FlashAttention-4's sm_90 tile at D <= 64), which only a spec without a mask_mod can have: the block map's
+    # query blocks are powers of two
+    consumers = 3 if cfg.block_m == 192 else 2
+    if cfg.gluon and consumers == 3 and mask:
+        raise ValueError("the Gluon kernel takes 192-row query tiles only for a spec without a mask_mod")
     uses_b, uses_h = bool(mask and "b" in mask.depends), bool(mask and "h" in mask.depends)
     return TEMPLATES.get_template("gluon.py.j2" if cfg.gluon else "flash.py.j2").render(
         spec_name=spec_name, cfg=cfg, buffers=list(lowered.buffers), helpers=_used_helpers(lowered.helpers, used),
         score=lowered.score, mask=mask, linear_bias=_adds_bias_by_block(lowered, cfg),
         buffer_params=lowered.buffer_params(),
         buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
-        residues=residues, index_params=", H0, P" if residues > 1 else "",
+        residues=residues, consumers=consumers, index_params=", H0, P" if residues > 1 else "",
         kv_params=", G0" if residues > 1 and cfg.tma else "",
         mask_uses_b=uses_b or (residues > 1 and uses_h), mask_uses_h=uses_h or residues > 1)
 
