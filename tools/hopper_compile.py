@@ -90,7 +90,7 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
     import torch
     from triton.runtime.jit import mangle_type
     t = torch.empty(1, 1, 256, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-    rows = cfg.block_m // module.CONSUMERS.value  # each consumer warpgroup's query rows
+    rows = module.CONSUMER_ROWS  # each consumer warpgroup's query rows
     descs = [module._descriptor(t, r) for r in (rows, cfg.block_n, cfg.block_n, rows)]
     # a dilated mask's kernel as the GPU runs it at lengths its residue classes divide (P: the classes run apart)
     constants = dict(BMH=rows, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
