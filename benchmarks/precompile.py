@@ -73,10 +73,11 @@ def compile_row_config(spec_path: str, shape_label: str, cfg: dict, dtype: str) 
         spec = load_spec(SpecFiles(spec_path))
         shape = shape_of_label(shape_label)
         source = render_kernel(spec.name, lower_spec(spec), KernelConfig(**cfg))
-        fn = load_module(source, Path(tempfile.mkdtemp(prefix="kgen-precompile-"))).attention
-        q = torch.empty(shape.q_shape, dtype=DTYPES[dtype], device="cuda")
-        k, v = (torch.empty(shape.kv_shape, dtype=DTYPES[dtype], device="cuda") for _ in range(2))
-        fn(q, k, v, **{n: t.cuda() for n, t in spec.buffers.items()})  # the block map, if any, is built for real
+        with tempfile.TemporaryDirectory(prefix="kgen-precompile-") as tmp:
+            fn = load_module(source, Path(tmp)).attention
+            q = torch.empty(shape.q_shape, dtype=DTYPES[dtype], device="cuda")
+            k, v = (torch.empty(shape.kv_shape, dtype=DTYPES[dtype], device="cuda") for _ in range(2))
+            fn(q, k, v, **{n: t.cuda() for n, t in spec.buffers.items()})  # the block map, if any, is built for real
         return None
     except Exception as e:  # noqa: BLE001 - the benchmark compiles (and reports) whatever failed here
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"

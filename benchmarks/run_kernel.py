@@ -34,15 +34,16 @@ def main() -> int:
     args = parser.parse_args()
     spec = load_spec(SpecFiles(args.spec))
     source = render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(args.config))
-    attention = load_module(source, Path(tempfile.mkdtemp())).attention
-    batch, heads, seq, dim = (int(x) for x in args.shape.split("x"))
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float16  # the interpreter's bf16 dot is wrong
-    q, k, v = (torch.randn(batch, heads, seq, dim, device=args.device, dtype=dtype) for _ in range(3))
-    buffers = {name: t.to(args.device) for name, t in spec.buffers.items()}
-    for _ in range(args.calls):
-        attention(q, k, v, **buffers)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory(prefix="kgen-run-kernel-") as tmp:
+        attention = load_module(source, Path(tmp)).attention
+        batch, heads, seq, dim = (int(x) for x in args.shape.split("x"))
+        dtype = torch.bfloat16 if args.device == "cuda" else torch.float16  # the interpreter's bf16 dot is wrong
+        q, k, v = (torch.randn(batch, heads, seq, dim, device=args.device, dtype=dtype) for _ in range(3))
+        buffers = {name: t.to(args.device) for name, t in spec.buffers.items()}
+        for _ in range(args.calls):
+            attention(q, k, v, **buffers)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
     print(f"{args.calls} calls of {spec.name} ({args.config}) at {args.shape}")
     return 0
 

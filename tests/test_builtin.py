@@ -582,14 +582,17 @@ def test_refinements_skip_configs_that_do_not_fit_the_shared_memory():
     assert descriptor_shared_bytes(KernelConfig(64, 64, 4, 3), 128) is None  # pointer loads: not estimated
 
 
-def test_the_profiling_runner_runs_a_built_in_kernel(specs):
-    """benchmarks/run_kernel.py, what ncu profiles on the GPU, here under the interpreter with a mask and a buffer."""
+def test_the_profiling_runner_runs_a_built_in_kernel(specs, tmp_path):
+    """benchmarks/run_kernel.py, what ncu profiles on the GPU, here under the interpreter with a mask and a buffer;
+    the kernel's module file it writes is gone when it exits."""
     runner = Path(__file__).resolve().parents[1] / "benchmarks" / "run_kernel.py"
     result = subprocess.run([sys.executable, str(runner), str(specs / "key_padding.py"), "BM32 BN32 w4 s2",
                              "--shape", "1x2x64x16", "--device", "cpu", "--calls", "2"],
-                            env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+                            env={**os.environ, "TRITON_INTERPRET": "1", "TMPDIR": str(tmp_path)},
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "2 calls of key_padding (BM32 BN32 w4 s2) at 1x2x64x16" in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 LINEAR_BIASES = {  # score_mod bodies, and whether the lowering proves them score + a bias linear in the indices

@@ -1,5 +1,6 @@
 """tools/hopper_compile.py: built-in kernels compiled for sm_90 on a machine without a GPU."""
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ def test_the_d128_hopper_config_fits_and_uses_the_tensor_cores(causal):
     # P @ V reads P from registers, Q @ K^T reads Q from shared memory: half the matmuls each way
     assert 2 * report["register_operand_wgmmas"] == report["tensor_core_instructions"]
     assert report["spill_instructions"] == 0 and not report["wgmma_serialized"]
+
+
+def test_compiling_leaves_no_file_behind(causal, tmp_path, monkeypatch):
+    """Each compile writes the rendered kernel to a module file: it goes when the compile is done (a CPU sweep of
+    configs would otherwise leave thousands in the temp folder)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for cfg in (KernelConfig(64, 64, 4, 2, tma=True), KernelConfig(128, 64, 4, 2, gluon=True)):
+        assert compile_builtin(causal, cfg, head_dim=64)["tensor_core_instructions"] > 0
+    assert list(tmp_path.rglob("*.py")) == []  # (torch may make its inductor cache folder there)
 
 
 def test_one_stage_more_does_not_fit(causal):

@@ -301,7 +301,8 @@ def test_a_hung_kernel_dies_with_the_verifier(tmp_path, specs):
     verifier_proc = subprocess.Popen([sys.executable, "-m", "cli", "verify", str(kernel), "--score-mod",
                                       str(specs / "noop.py"), "--device", "cpu", "--batch", "1", "--heads", "1",
                                       "--seq-len", "32", "--head-dim", "16", "--compile-timeout", "600"],
-                                     cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "TMPDIR": str(tmp_path)})  # its work folder, left by SIGKILL
 
     def candidate_pids() -> list[int]:
         found = []

@@ -54,9 +54,15 @@ def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: st
     `light`: the mask's conjuncts left out of light cut blocks (the block map's choice; 0: none)."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
-    module = load_module(source, Path(tempfile.gettempdir()))
-    if cfg.gluon:
-        return _compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light)
+    with tempfile.TemporaryDirectory(prefix="kgen-hopper-compile-") as tmp:  # the module's file, gone afterwards
+        module = load_module(source, Path(tmp))
+        return (_compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light) if cfg.gluon
+                else _compile_triton(module, cfg, spec, head_dim, dtype, even_kv, runs, light))
+
+
+def _compile_triton(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool, runs: bool,
+                    light: int):
+    """The Triton kernel's `_attn_fwd`, its pointer or descriptor types as the wrapper would pass them."""
     kernel = module._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
     signature = {name: _type(name, cfg, spec, dp, dtype) for name in kernel.arg_names}
