@@ -77,7 +77,10 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: 
     H200 they beat 64-key blocks on plain attention at 8192 keys (1.72-1.82 ms against 1.82-1.89), key padding
     (0.78-0.80 against 0.81-0.83) and causal, though they spill a little with a block map; 64-key blocks stay ahead
     on rel_pos and alibi (7-10%), and are tried next. At D=64 it comes last, with 128-key blocks: 2-3% ahead of the
-    Triton kernels on noop, causal and key padding, 13-70% behind on the others."""
+    Triton kernels on noop, causal and key padding, 13-70% behind on the others. Its 192-row tiles (three consumer
+    warpgroups, FlashAttention-4's sm_90 tile at D<=64; 64-key blocks, since 128 spill) are left out: on an H200 at
+    B4 H16 N4096 D64 they were 7-10% slower than the 128-row kernel on noop and 5-17% behind the Triton kernels
+    on alibi, rel_pos and softcap."""
     if interpreted:  # the interpreter ignores warps and stages and cannot time: one config is the search
         return [KernelConfig(32, 32, 4, 2)]
     if hopper and head_dim % 8 == 0 and head_dim <= 128:  # descriptors need 16-byte aligned rows

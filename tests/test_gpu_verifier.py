@@ -150,6 +150,20 @@ def test_the_gluon_kernel_at_d64_with_128_key_blocks_takes_each_row_max_in_two_c
     assert kernel["loop_spill_instructions"] == 0
 
 
+@hopper
+@pytest.mark.parametrize("spec, persistent", [("noop", True), ("alibi", False), ("softcap", True)])
+def test_the_gluon_kernel_with_192_query_rows_is_verified(gpu_verifier, specs, spec, persistent):
+    """192-row query tiles (three consumer warpgroups of 64 rows; FlashAttention-4's sm_90 tile at D<=64, for specs
+    without a mask_mod): every trial, query lengths 192 does not divide among them, one launch of 16 warps, no
+    serialized wgmma, no spills in the key loop. At the target shape the persistent kernel runs 352 query tiles,
+    several a program. (The ragged-length variant spills a few registers outside the key loop: 6 instructions for
+    noop and softcap compiled for sm_90 on the CPU.)"""
+    source = gluon_source(str(specs / f"{spec}.py"), stages=3, persistent=persistent, block_m=192)
+    verdict = gpu_verifier(spec, shape=Shape(2, 16, 16, 2048, 2048, 64), require_single_kernel=True).verify(source)
+    kernel = a_single_gluon_launch(verdict, consumers=3)
+    assert kernel["loop_spill_instructions"] == 0
+
+
 MASKS_FOR_GLUON = {
     # query tiles of 128 rows with no key at all: the loader skips them, their consumers write zeros
     "late": "def mask_mod(b, h, q_idx, kv_idx):\n    return q_idx >= kv_idx + 300\n",
@@ -275,13 +289,13 @@ def mask_for_gluon(tmp_path, name: str):
     return path, Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
 
 
-def a_single_gluon_launch(verdict) -> dict:
-    """The compile facts of the accepted Gluon kernel, asserting it ran as one launch of 12 warps (the loader's
-    warpgroup and two consumer warpgroups) with no serialized wgmmas."""
+def a_single_gluon_launch(verdict, consumers: int = 2) -> dict:
+    """The compile facts of the accepted Gluon kernel, asserting it ran as one launch of the loader's warpgroup and
+    `consumers` consumer warpgroups (4 warps each) with no serialized wgmmas."""
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     assert verdict.metrics.launches_per_call == 1
     [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
-    assert kernel["num_warps"] == 12 and kernel["wgmma_serialized"] is False
+    assert kernel["num_warps"] == 4 * (1 + consumers) and kernel["wgmma_serialized"] is False
     return kernel
 
 

@@ -140,6 +140,8 @@ def builtin_source(spec_path: str, config_label: str) -> str:
     return render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(config_label))
 
 
-def gluon_source(spec_path: str, stages: int = 4, persistent: bool = False, block_n: int = 64) -> str:
+def gluon_source(spec_path: str, stages: int = 4, persistent: bool = False, block_n: int = 64,
+                 block_m: int = 128) -> str:
     """The built-in Gluon kernel (warp-specialized, Hopper) rendered for a spec."""
-    return builtin_source(spec_path, f"BM128 BN{block_n} w4 s{stages} gluon" + (" persistent" if persistent else ""))
+    label = f"BM{block_m} BN{block_n} w4 s{stages} gluon"
+    return builtin_source(spec_path, label + (" persistent" if persistent else ""))
