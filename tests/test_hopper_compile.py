@@ -1,4 +1,5 @@
 """tools/hopper_compile.py: built-in kernels compiled for sm_90 on a machine without a GPU."""
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from hopper_compile import compile_builtin, compiled_builtin, exponentials_under_pv, facts  # noqa: E402
+from hopper_compile import compile_builtin, compiled_builtin, exponentials_under_pv, facts, main  # noqa: E402
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
@@ -37,6 +38,19 @@ def test_compiling_leaves_no_file_behind(causal, tmp_path, monkeypatch):
     for cfg in (KernelConfig(64, 64, 4, 2, tma=True), KernelConfig(128, 64, 4, 2, gluon=True)):
         assert compile_builtin(causal, cfg, head_dim=64)["tensor_core_instructions"] > 0
     assert list(tmp_path.rglob("*.py")) == []  # (torch may make its inductor cache folder there)
+
+
+def test_the_command_line_compiles_the_ragged_length_variant_on_request(specs, capsys):
+    """`--ragged` compiles the kernel as run at key lengths the key block does not divide, where the bounds checks
+    are (the 192-row Gluon kernel spills outside its key loop there only)."""
+    reports = []
+    for extra in ([], ["--ragged"]):
+        assert main(["--spec", str(specs / "noop.py"), "--config", "BM192 BN64 w4 s3 gluon persistent",
+                     "--head-dim", "64", *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    even, ragged = reports
+    assert even["sass_sha"] != ragged["sass_sha"] and even["spill_instructions"] == 0
+    assert ragged["matmul_loop_spill_instructions"] == 0 and not ragged["wgmma_serialized"]
 
 
 def test_one_stage_more_does_not_fit(causal):

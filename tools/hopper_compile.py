@@ -179,7 +179,7 @@ def _config(label: str) -> KernelConfig:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="spec file (score_mod and/or mask_mod)")
     parser.add_argument("--config", default="BM128 BN64 w8 s3", type=_config,
@@ -187,8 +187,11 @@ def main() -> int:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--light", type=int, default=0,
                         help="the mask's conjuncts (a bitmask) left out of light cut blocks, as the block map picks")
-    args = parser.parse_args()
-    print(json.dumps(compile_builtin(args.spec, args.config, args.head_dim, light=args.light), indent=1))
+    parser.add_argument("--ragged", action="store_true",
+                        help="the variant for key lengths the key block does not divide (EVEN_KV=False)")
+    args = parser.parse_args(argv)
+    print(json.dumps(compile_builtin(args.spec, args.config, args.head_dim, even_kv=not args.ragged,
+                                     light=args.light), indent=1))
     return 0
 
 
