@@ -592,7 +592,7 @@ def test_the_profiling_runner_runs_a_built_in_kernel(specs, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "2 calls of key_padding (BM32 BN32 w4 s2) at 1x2x64x16" in result.stdout
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.rglob("*.py")) == []  # (torch may make its inductor cache folder there)
 
 
 LINEAR_BIASES = {  # score_mod bodies, and whether the lowering proves them score + a bias linear in the indices
