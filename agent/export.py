@@ -47,6 +47,7 @@ class Exportable:
     spec_source: str
     buffers: dict[str, torch.Tensor]
     provenance: list[str] = field(default_factory=list)
+    verified_on: Shape | None = None  # the run's target shape; None: a loose file kgen has not checked
 
 
 @dataclass
@@ -78,7 +79,8 @@ def from_run(view: RunView, attempt: int | None = None) -> Exportable:
     candidate = meta.get("candidate", {})
     lines = [f"run {view.name}, attempt {number} ({candidate.get('origin', '?')}: {candidate.get('label', '?')})",
              f"verified on {_problem_text(problem, view)}" + (f"; {describe_speed(verdict)}" if verdict else "")]
-    return Exportable(path.read_text(), spec.name, spec.source, spec.buffers, lines)
+    shape = Shape(**problem["shape"]) if problem.get("shape") else None
+    return Exportable(path.read_text(), spec.name, spec.source, spec.buffers, lines, shape)
 
 
 def from_kernel_file(path: Path, spec_files: SpecFiles | None = None) -> Exportable:
@@ -151,8 +153,9 @@ def write_module(item: Exportable, out: Path) -> Exported:
     """Render the module to `out` and check that it parses."""
     out = Path(out)
     saved = _saved_buffers(item.buffers)
+    guard = (item.verified_on.head_dim, item.verified_on.group) if item.verified_on else None
     namespace = "kgen_" + re.sub(r"\W+", "_", item.spec_name).strip("_") + "_" + \
-        hashlib.sha256(item.kernel.encode() + saved).hexdigest()[:8]
+        hashlib.sha256(item.kernel.encode() + saved + repr(guard).encode()).hexdigest()[:8]  # all it holds
     encoded = base64.b64encode(saved).decode() if item.buffers else ""
     provenance = item.provenance + [f"exported {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
                                     f"by `kgen export`"]
@@ -160,7 +163,9 @@ def write_module(item: Exportable, out: Path) -> Exported:
         spec_name=item.spec_name, module_name=out.stem, namespace=namespace, provenance=provenance,
         spec_lines=item.spec_source.rstrip("\n").splitlines(), kernel_literal=_literal(item.kernel),
         buffer_chunks=[encoded[i:i + 100] for i in range(0, len(encoded), 100)],
-        buffer_notes=[_describe(n, t) for n, t in item.buffers.items()])
+        buffer_notes=[_describe(n, t) for n, t in item.buffers.items()],
+        head_dim=item.verified_on.head_dim if item.verified_on else None,
+        group=item.verified_on.group if item.verified_on else None)
     compile(text, str(out), "exec")  # a template bug fails here, not in the user's import
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

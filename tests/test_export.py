@@ -89,7 +89,6 @@ with torch.inference_mode():  # a first call there must not leave inference tens
     o = mod.attention(q, k, v)
 report = {
     "error": max_error(o, reference(q, k, v, slopes)),
-    "gqa_error": max_error(mod.attention(q, k1, v1), reference(q, k1, v1, slopes)),
     "scale_error": max_error(mod.attention(q, k, v, scale=0.1), reference(q, k, v, slopes, scale=0.1)),
     "same_as_original": torch.equal(o, original.attention(q, k, v, slopes=slopes)),
     "op": str(mod._op),
@@ -97,6 +96,8 @@ report = {
     "opcheck": torch.library.opcheck(mod._op, (q, k, v, None), test_utils=("test_schema", "test_faketensor")),
     "errors": {
         "3-D q": error_of(lambda: mod.attention(q[0], k, v)),
+        "unverified group": error_of(lambda: mod.attention(q, k1, v1)),  # the run was verified without GQA
+        "unverified head_dim": error_of(lambda: mod.attention(q[..., :8], k[..., :8], v[..., :8])),
         "head dims": error_of(lambda: mod.attention(q, k[..., :8], v[..., :8])),
         "heads": error_of(lambda: mod.attention(q.repeat(1, 2, 1, 1)[:, :3], k, v)),
         "mixed dtypes": error_of(lambda: mod.attention(q, k.float(), v)),
@@ -173,13 +174,20 @@ def test_module_stands_alone_with_the_kernel_unchanged_and_the_spec_bound_in(run
 
 def test_round_trip_under_the_interpreter_and_torch_compile(run, exported):
     report = check(exported, run / "best" / "kernel.py", "eager", "aot_eager", "inductor")
-    assert report["error"] < 1e-2 and report["gqa_error"] < 1e-2 and report["scale_error"] < 1e-2
+    assert report["error"] < 1e-2 and report["scale_error"] < 1e-2
     assert report["same_as_original"] is True  # the kernel it came from, given the spec's tensor by hand
     assert "kgen_slopes_" in report["op"] and report["buffers_ordinary"]
     assert report["opcheck"] == {"test_schema": "SUCCESS", "test_faketensor": "SUCCESS"}
     errors = report["errors"]
     assert errors["3-D q"][0] == "ValueError" and "expected 4-D q [B, H, Sq, D]" in errors["3-D q"][2]
     assert errors["head dims"][0] == "ValueError" and "head_dim" in errors["head dims"][2]
+    # what the run did not verify is refused, with the run that would
+    assert errors["unverified group"][0] == "ValueError"
+    assert "verified with 1 query head(s) per key/value head; got 2 (2 and 1 heads)" in errors["unverified group"][2]
+    assert "--heads 2 --kv-heads 1" in errors["unverified group"][2]
+    assert errors["unverified head_dim"][0] == "ValueError"
+    assert "verified at head_dim 16; got 8" in errors["unverified head_dim"][2]
+    assert "--head-dim 8" in errors["unverified head_dim"][2]
     assert errors["heads"][0] == "ValueError" and "3 heads are not a multiple of k and v's 2" in errors["heads"][2]
     assert errors["mixed dtypes"][0] == "TypeError" and "one dtype" in errors["mixed dtypes"][2]
     assert errors["fp32"][0] == "TypeError" and "float16 and bfloat16" in errors["fp32"][2]
@@ -211,7 +219,8 @@ def test_cpu_without_the_interpreter_says_how(exported):
 
 def test_export_from_kernel_files(run, exported, tmp_path):
     """A kernel file inside a run takes that run's spec; a loose one takes the spec given on the command line.
-    The op's name hashes the kernel and the bound tensors, so equal names mean the same module contents."""
+    The op's name hashes the kernel, the bound tensors and the head_dim and GQA group the module admits, so equal
+    names mean the same module contents: the loose file's module admits any, so its op is another."""
     namespace = _namespace(exported)
     in_run = tmp_path / "from_run_file.py"
     assert CliRunner().invoke(app, ["export", str(run / "best" / "kernel.py"), "-o", str(in_run)]).exit_code == 0
@@ -222,7 +231,8 @@ def test_export_from_kernel_files(run, exported, tmp_path):
     result = CliRunner().invoke(app, ["export", str(loose), "--score-mod", str(run.parent.parent / "slopes.py"),
                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert _namespace(out) == namespace and "not checked by kgen here" in out.read_text()
+    assert "not checked by kgen here" in out.read_text() and "VERIFIED_HEAD_DIM = None" in out.read_text()
+    assert _namespace(out) != namespace and _namespace(out).split("_")[:-1] == namespace.split("_")[:-1]
 
 
 def test_export_usage_errors(run, tmp_path):
@@ -240,6 +250,48 @@ def test_example_block_matches_flex_with_the_exported_kernel(run, exported):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "max |flex - kgen|" in result.stdout and "float16 cpu" in result.stdout
+
+
+GUARDED = r'''
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import gqa_attention as m
+
+torch.manual_seed(0)
+q, k, v = torch.randn(1, 4, 40, 16, dtype=torch.float16), *(torch.randn(1, 2, 40, 16, dtype=torch.float16)
+                                                            for _ in range(2))
+ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), enable_gqa=True)
+try:
+    m.attention(q, q, q)
+    refused = None
+except ValueError as e:
+    refused = str(e)
+print("REPORT " + json.dumps({"error": (m.attention(q, k, v).double() - ref).abs().max().item(), "refused": refused}))
+'''
+
+
+def test_a_module_runs_the_gqa_group_its_run_verified_and_refuses_others(tmp_path):
+    """A run verified with GQA (4 query heads on 2 key/value heads) exports a module that computes GQA calls and
+    refuses plain multi-head ones; a loose kernel file, which kgen has not checked, gets no such guard."""
+    from agent.export import NO_SPEC, Exportable, write_module
+    from kernels import flash_source
+    from verifier.problem import Shape
+
+    item = Exportable(flash_source(), "noop", NO_SPEC, {}, ["a test"], Shape(1, 4, 2, 64, 64, 16))
+    text = write_module(item, tmp_path / "gqa_attention.py").path.read_text()
+    assert "VERIFIED_HEAD_DIM = 16\n" in text and "VERIFIED_GROUP = 2  #" in text
+    assert "Verified at head_dim 16 with 2 query head(s) per key/value head" in text
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", GUARDED, str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    report = json.loads(line.removeprefix("REPORT "))
+    assert report["error"] < 1e-2
+    assert "verified with 2 query head(s) per key/value head; got 1 (4 and 4 heads)" in report["refused"]
+    loose = write_module(Exportable(flash_source(), "noop", NO_SPEC, {}, ["a test"]), tmp_path / "loose.py")
+    assert "VERIFIED_HEAD_DIM = None\n" in loose.path.read_text() and "Verified at" not in loose.path.read_text()
 
 
 def said(result) -> str:
