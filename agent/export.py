@@ -23,6 +23,7 @@ from agent.records import describe_speed
 from agent.rundir import RunView, kernel_in_run, read_run
 from verifier.problem import Shape
 from verifier.spec import Spec, SpecError, SpecFiles, load_spec
+from verifier.suite import interpreter_cap
 from verifier.verdict import Verdict
 
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), undefined=jinja2.StrictUndefined,
@@ -144,8 +145,13 @@ def _problem_text(problem: dict, view: RunView) -> str:
     if not problem:
         return "an unknown problem (run.json is missing)"
     gpu = view.record.get("environment", {}).get("gpu")
-    return (f"{Shape(**problem['shape']).label()} {problem['dtype']} on {problem['device']}"
-            + (f" ({gpu})" if gpu else ""))
+    shape = Shape(**problem["shape"])
+    # on a CPU the suite is capped to small shapes: say what was checked, not just what was asked for
+    checked = ""
+    if problem["device"] == "cpu":  # the verifier's own notes say the same
+        checked = (f" (under Triton's interpreter, on shapes capped at {interpreter_cap(shape).label()}"
+                   + ("; bf16 run as fp16)" if problem["dtype"] == "bf16" else ")"))
+    return f"{shape.label()} {problem['dtype']} on {problem['device']}" + (f" ({gpu})" if gpu else "") + checked
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -170,6 +170,8 @@ def test_module_stands_alone_with_the_kernel_unchanged_and_the_spec_bound_in(run
     assert "#   slopes: [2] float32 = [0.5, 0.125]" in text  # the captured tensor, bound in
     assert "#     return score + (kv_idx - q_idx) * slopes[h]" in text  # the spec, for provenance
     assert f"# run {run.name}, attempt 1 (builtin:" in text
+    assert ("# verified on B2 H2 N48 D16 bf16 on cpu (under Triton's interpreter, on shapes capped at B2 H2 N48 D16; "
+            "bf16 run as fp16)") in text
 
 
 def test_round_trip_under_the_interpreter_and_torch_compile(run, exported):
