@@ -159,9 +159,10 @@ def write_module(item: Exportable, out: Path) -> Exported:
     """Render the module to `out` and check that it parses."""
     out = Path(out)
     saved = _saved_buffers(item.buffers)
-    guard = (item.verified_on.head_dim, item.verified_on.group) if item.verified_on else None
+    # the head_dim and GQA group the module admits (None: any)
+    head_dim, group = (item.verified_on.head_dim, item.verified_on.group) if item.verified_on else (None, None)
     namespace = "kgen_" + re.sub(r"\W+", "_", item.spec_name).strip("_") + "_" + \
-        hashlib.sha256(item.kernel.encode() + saved + repr(guard).encode()).hexdigest()[:8]  # all it holds
+        hashlib.sha256(item.kernel.encode() + saved + repr((head_dim, group)).encode()).hexdigest()[:8]  # all it holds
     encoded = base64.b64encode(saved).decode() if item.buffers else ""
     provenance = item.provenance + [f"exported {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
                                     f"by `kgen export`"]
@@ -170,8 +171,7 @@ def write_module(item: Exportable, out: Path) -> Exported:
         spec_lines=item.spec_source.rstrip("\n").splitlines(), kernel_literal=_literal(item.kernel),
         buffer_chunks=[encoded[i:i + 100] for i in range(0, len(encoded), 100)],
         buffer_notes=[_describe(n, t) for n, t in item.buffers.items()],
-        head_dim=item.verified_on.head_dim if item.verified_on else None,
-        group=item.verified_on.group if item.verified_on else None)
+        head_dim=head_dim, group=group)
     compile(text, str(out), "exec")  # a template bug fails here, not in the user's import
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
