@@ -296,6 +296,46 @@ def test_a_module_runs_the_gqa_group_its_run_verified_and_refuses_others(tmp_pat
     assert "VERIFIED_HEAD_DIM = None\n" in loose.path.read_text() and "Verified at" not in loose.path.read_text()
 
 
+TRANSPOSED = r'''
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import strided_attention as m
+
+torch.manual_seed(0)
+# q, k, v as a model makes them: [B, S, H, D] projections viewed as [B, H, S, D] (not contiguous)
+q, k, v = (torch.randn(2, 40, 3, 16, dtype=torch.float16).transpose(1, 2) for _ in range(3))
+ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+o = m.attention(q, k, v)
+print("REPORT " + json.dumps({"contiguous_input": q.is_contiguous(), "error": (o.double() - ref).abs().max().item(),
+                              "output_strides_like_q": o.stride() == torch.empty_like(q).stride()}))
+'''
+
+
+def test_a_module_gives_the_kernel_the_contiguous_inputs_it_was_verified_on(tmp_path):
+    """The verifier feeds kernels contiguous q, k and v. A kernel that takes that for granted (its strides worked
+    out from the shapes) passes it, and would be silently wrong on q.transpose(1, 2) of a model's [B, S, H, D]
+    projection: the exported module copies such inputs to the verified layout first."""
+    from agent.export import NO_SPEC, Exportable, write_module
+    from kernels import flash_source
+    from verifier.problem import Shape
+
+    strides = "*q.stride()[:3], *k.stride()[:3], *v.stride()[:3]"
+    assumed = "H * SQ * D, SQ * D, D, HK * SKV * D, SKV * D, D, HK * SKV * D, SKV * D, D"
+    kernel = flash_source()
+    assert strides in kernel
+    item = Exportable(kernel.replace(strides, assumed), "noop", NO_SPEC, {}, ["a test"], Shape(2, 3, 3, 40, 40, 16))
+    write_module(item, tmp_path / "strided_attention.py")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", TRANSPOSED, str(tmp_path)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    report = json.loads(line.removeprefix("REPORT "))
+    assert report["contiguous_input"] is False
+    assert report["error"] < 1e-2 and report["output_strides_like_q"] is True
+
+
 def said(result) -> str:
     """Everything printed, stdout and stderr, with rich's line wrapping undone."""
     return " ".join(result.output.split())
