@@ -223,7 +223,11 @@ def best_header(run_id: str, verifier: Verifier, attempt: Attempt) -> str:
         lines.append(f"{m.launches_per_call} kernel launch(es) per call; "
                      f"{(m.extra_memory_bytes or 0) / 2**20:.2f} MiB extra memory per call")
         lines += [f"compiled {describe_compiled(k)}" for k in m.compiled]
+    top = verifier.suite[0].shape  # the suite's largest (capped on a CPU)
     lines += [f"max error {m.max_error:.3g} over the verifier's suite" if m.max_error is not None else "",
+              # what the suite varies and what it does not: `kgen export` guards the rest, this file does not
+              f"checked on contiguous q, k, v at head_dim {top.head_dim} with {top.group} query head(s) per key/value "
+              f"head, shapes up to {top.label()}",
               "contract: attention(q, k, v, *, scale=None, **buffers) -> o"]
     return "".join(f"# {line}\n" for line in lines if line)
 
