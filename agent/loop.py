@@ -226,8 +226,8 @@ def best_header(run_id: str, verifier: Verifier, attempt: Attempt) -> str:
     top = verifier.suite[0].shape  # the suite's largest (capped on a CPU)
     lines += [f"max error {m.max_error:.3g} over the verifier's suite" if m.max_error is not None else "",
               # what the suite varies and what it does not: `kgen export` guards the rest, this file does not
-              f"checked on contiguous q, k, v at head_dim {top.head_dim} with {top.group} query head(s) per key/value "
-              f"head, shapes up to {top.label()}",
+              f"checked on contiguous and transposed ([B, S, H, D] memory) q, k, v at head_dim {top.head_dim} with "
+              f"{top.group} query head(s) per key/value head, shapes up to {top.label()}",
               "contract: attention(q, k, v, *, scale=None, **buffers) -> o"]
     return "".join(f"# {line}\n" for line in lines if line)
 

@@ -81,7 +81,11 @@ def test_bad_output_reasons():
     assert bad_output_reason(torch.zeros_like(q), q) is None
     assert "float32" in bad_output_reason(q.float(), q)
     assert "shape (2, 2, 16, 8)" in bad_output_reason(q.transpose(2, 3).contiguous(), q)
-    assert "not contiguous" in bad_output_reason(q.transpose(2, 3).contiguous().transpose(2, 3), q)
+    odd = q.transpose(2, 3).contiguous().transpose(2, 3)  # right shape, laid out neither way
+    assert "neither contiguous nor laid out like q" in bad_output_reason(odd, q)
+    transposed = torch.zeros(2, 8, 2, 16, dtype=torch.float16).transpose(1, 2)  # q as a model's projection makes it
+    assert bad_output_reason(torch.empty_like(transposed), transposed) is None  # o laid out like q
+    assert bad_output_reason(torch.empty(transposed.shape, dtype=torch.float16), transposed) is None  # contiguous
     assert "Sub" in bad_output_reason(torch.zeros_like(q).as_subclass(Sub), q)
     assert "Tensorish" in bad_output_reason(Tensorish(), q)
     assert "autograd" in bad_output_reason(torch.zeros_like(q, requires_grad=True), q)

@@ -153,6 +153,18 @@ def test_a_kernel_that_drops_the_sign_of_the_scale_is_wrong_only_on_the_negative
     assert not trials["negative scale"] and trials["explicit scale"] and trials["target"]
 
 
+def test_a_kernel_that_assumes_contiguous_inputs_is_wrong_only_on_a_models_transposed_views(verifier):
+    """Models hand attention q.transpose(1, 2) of a [B, S, H, D] projection: a kernel that works its strides out
+    from the shapes is right on contiguous inputs and wrong there. The kernel that reads the strides it is given
+    (flash_source) passes every trial, that one included (test_good_kernels_are_accepted)."""
+    source = flash_source().replace("*q.stride()[:3], *k.stride()[:3], *v.stride()[:3]",
+                                    "H * SQ * D, SQ * D, D, HK * SKV * D, SKV * D, D, HK * SKV * D, SKV * D, D")
+    verdict = rejected(verifier("noop").verify(source), "wrong_output", "numerics")
+    trials = {t["purpose"]: t["ok"] for t in verdict.failed_stage.details["trials"]}
+    transposed = "[B, S, H, D] memory (q.transpose(1, 2) of a projection)"
+    assert not trials[transposed] and all(ok for purpose, ok in trials.items() if purpose != transposed)
+
+
 def test_no_running_max_overflows_on_large_logits(verifier):
     verdict = rejected(verifier("noop").verify(flash_source(variant="no_max")), "nan_output", "numerics")
     failed = [t for t in verdict.failed_stage.details["trials"] if not t["ok"]]
@@ -282,6 +294,7 @@ def test_suite_covers_what_the_issue_asks(target, interpreted):
         assert top == target and {127, 1000} <= lengths
     else:
         assert top.seq_len <= 128 and top.batch <= 8
+    assert [t.layout for t in suite].count("bshd") == 1 and suite[0].layout == "contiguous"
     repeat = suite[-1]
     assert repeat.repeat_of == suite[0].id
     assert (repeat.shape, repeat.dist, repeat.seed, repeat.scale) == (top, "normal", suite[0].seed, suite[0].scale)

@@ -145,11 +145,20 @@ def bad_output_reason(out, q: torch.Tensor) -> str | None:
         if got != want]
     if wrong:
         return "output has " + ", ".join(wrong)
-    if not out.is_contiguous():
-        return f"output is not contiguous (strides {out.stride()}); return a contiguous tensor like q"
+    if not out.is_contiguous() and out.stride() != q.stride():
+        return (f"output is neither contiguous nor laid out like q (strides {out.stride()}, q's {q.stride()}); "
+                f"return a new tensor from torch.empty(q.shape, ...) or torch.empty_like(q)")
     if out.requires_grad or out.grad_fn is not None:
         return "output is part of an autograd graph; compute it with Triton, not torch ops"
     return None
+
+
+def laid_out(t: torch.Tensor, layout: str, label: str):
+    """A guarded copy of the [B, H, S, D] tensor `t` in the trial's memory layout, and its guard."""
+    if layout == "bshd":  # [B, S, H, D] memory, the view a model's q.transpose(1, 2) gives
+        copy, guard = guarded(t.transpose(1, 2), label, halfword=guards.INPUT_GUARD)
+        return copy.transpose(1, 2), guard
+    return guarded(t, label, halfword=guards.INPUT_GUARD)
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
@@ -181,7 +190,7 @@ class Checker:
         inputs = {}
         watched = []
         for name, t in zip("qkv", make_inputs(trial, self.dtype, self.device)):
-            inputs[name], guard = guarded(t, f"the memory around {name}", halfword=guards.INPUT_GUARD)
+            inputs[name], guard = laid_out(t, trial.layout, f"the memory around {name}")
             watched.append(guard)
         originals = {n: t.clone() for n, t in inputs.items()}
         watch = CallWatch()

@@ -28,6 +28,9 @@ class Trial:
     seed: int = 0
     scale: float | None = None  # None: the kernel's default, 1/sqrt(D)
     repeat_of: str | None = None  # the id of an earlier trial with the very same inputs (a determinism check)
+    # how q, k and v lie in memory: "contiguous" [B, H, S, D], or "bshd", [B, S, H, D] memory seen as [B, H, S, D]
+    # (q.transpose(1, 2) of a model's projection: not contiguous, the values the same)
+    layout: str = "contiguous"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,15 +78,17 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         ("negative scale", sized(small, 65, 80), "normal", -0.3),
         (f"ragged {odd}, large logits", sized(small, odd, odd), "large", None),
         ("ragged 127, adversarial keys", sized(small, 127, 127), "adversarial", None),
+        # models hand attention transposed views of their projections: a kernel must read the strides it is given
+        ("[B, S, H, D] memory (q.transpose(1, 2) of a projection)", sized(small, 130, 190), "normal", None, "bshd"),
     ]
     trials, seen = [], set()
-    for i, (purpose, shape, dist, scale) in enumerate(plan):
-        key = (shape, dist, scale)
+    for i, (purpose, shape, dist, scale, *layout) in enumerate(plan):
+        key = (shape, dist, scale, *layout)
         if key in seen:
             continue
         seen.add(key)
         trials.append(Trial(id=f"t{len(trials):02d}", purpose=purpose, shape=shape, dist=dist, seed=1000 + i,
-                            scale=scale))
+                            scale=scale, layout=layout[0] if layout else "contiguous"))
     first = trials[0]
     trials.append(replace(first, id=f"t{len(trials):02d}", purpose="target again, same inputs", repeat_of=first.id))
     return trials

@@ -10,6 +10,7 @@ import triton.language as tl
 
 
 def attention(q, k, v, *, scale=None, **buffers):
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the honest _attn indexes contiguous memory
     B, H, SQ, D = q.shape
     HK, SKV = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
