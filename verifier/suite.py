@@ -82,13 +82,14 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         ("[B, S, H, D] memory (q.transpose(1, 2) of a projection)", sized(small, 130, 190), "normal", None, "bshd"),
     ]
     trials, seen = [], set()
-    for i, (purpose, shape, dist, scale, *layout) in enumerate(plan):
-        key = (shape, dist, scale, *layout)
+    for i, (purpose, shape, dist, scale, *rest) in enumerate(plan):
+        layout = rest[0] if rest else "contiguous"  # (only the transposed trial names its layout)
+        key = (shape, dist, scale, layout)
         if key in seen:
             continue
         seen.add(key)
         trials.append(Trial(id=f"t{len(trials):02d}", purpose=purpose, shape=shape, dist=dist, seed=1000 + i,
-                            scale=scale, layout=layout[0] if layout else "contiguous"))
+                            scale=scale, layout=layout))
     first = trials[0]
     trials.append(replace(first, id=f"t{len(trials):02d}", purpose="target again, same inputs", repeat_of=first.id))
     return trials
