@@ -342,6 +342,67 @@ def test_the_triton_kernel_runs_each_residue_class_apart_where_a_view_exists(tmp
         assert (o.double() - expected).abs().max().item() < 1e-2, name
 
 
+# (indented as the scripts run_interpreted dedents)
+MISALIGNED = """
+        import math
+
+        def off_a_16_byte_boundary(*shape):
+            \"\"\"A contiguous fp16 tensor that starts 2 bytes past an aligned address: a slice of a flat buffer.\"\"\"
+            flat = torch.randn(1 + math.prod(shape), dtype=torch.float16)
+            return flat[1:].view(shape)
+"""
+
+
+def test_the_descriptor_kernel_copies_a_slice_that_starts_off_a_16_byte_boundary(tmp_path, specs):
+    """The copy engine refuses a start that is not 16-byte aligned, and t.contiguous() hands a contiguous slice back
+    as it is: the wrapper copies such an input to fresh memory. Causal, run by the interpreter with descriptors,
+    agrees with the float64 reference; an aligned contiguous input is not copied."""
+    source = builtin_kernel(specs / "causal.py", replace(CONFIG, tma=True))
+    found = run_interpreted(source, MISALIGNED + """        q, k, v = (off_a_16_byte_boundary(2, 2, 40, 16) for _ in range(3))
+        o = module.attention(q, k, v)
+        aligned = torch.randn(2, 2, 40, 16, dtype=torch.float16)
+        torch.save((q, k, v, o), {path!r})
+        print(json.dumps({{"misaligned": [t.data_ptr() % 16 for t in (q, k, v)], "contiguous": q.is_contiguous(),
+                          "aligned_kept": module._copy_engine_ready(aligned) is aligned}}))
+    """.format(path=str(tmp_path / "case.pt")), tmp_path)
+    assert found == {"misaligned": [2, 2, 2], "contiguous": True, "aligned_kept": True}
+    q, k, v, o = torch.load(tmp_path / "case.pt")
+    spec = load_spec(SpecFiles(mask_path=str(specs / "causal.py")))
+    expected = exact(q, k, v, spec, None, Shape(2, 2, 2, 40, 40, 16))
+    assert (o.double() - expected).abs().max().item() < 1e-2
+
+
+def test_the_gluon_wrapper_hands_the_copy_engine_aligned_inputs(tmp_path, specs):
+    """The Gluon kernel runs on Hopper only; here its wrapper runs on the CPU up to the launch, which records the
+    tensor descriptors it is given instead of running. A misaligned contiguous slice and a transposed view each
+    reach the descriptor as an aligned contiguous copy with the same values; an aligned contiguous input goes
+    through as it is."""
+    source = builtin_kernel(specs / "noop.py", KernelConfig(128, 128, 4, 2, gluon=True))
+    found = run_interpreted(source, MISALIGNED + """        bases = []
+
+        class RecordedLaunch:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: bases.extend(d.base for d in args[:3])
+
+        module._attn_fwd = RecordedLaunch()
+        inputs = {"misaligned": off_a_16_byte_boundary(1, 2, 64, 64),
+                  "transposed": torch.randn(1, 64, 2, 64, dtype=torch.float16).transpose(1, 2),
+                  "aligned": torch.randn(1, 2, 64, 64, dtype=torch.float16)}
+        report = {}
+        for name, t in inputs.items():
+            bases.clear()
+            module.attention(t, t, t)
+            report[name] = {"aligned": [b.data_ptr() % 16 == 0 and b.is_contiguous() for b in bases],
+                            "same_values": [torch.equal(b, t) for b in bases],
+                            "same_memory": [b.data_ptr() == t.data_ptr() for b in bases]}
+        print(json.dumps(report))
+    """, tmp_path)
+    for name in ("misaligned", "transposed", "aligned"):
+        assert found[name]["aligned"] == [True] * 3 and found[name]["same_values"] == [True] * 3, name
+    assert found["misaligned"]["same_memory"] == found["transposed"]["same_memory"] == [False] * 3
+    assert found["aligned"]["same_memory"] == [True] * 3
+
+
 def block_map_of(source: str, tmp_path: Path, n: int, row: int) -> dict:
     return run_interpreted(source, f"""
         q = torch.randn(1, 1, {n}, 16, dtype=torch.float16)

@@ -296,44 +296,60 @@ def test_a_module_runs_the_gqa_group_its_run_verified_and_refuses_others(tmp_pat
     assert "VERIFIED_HEAD_DIM = None\n" in loose.path.read_text() and "Verified at" not in loose.path.read_text()
 
 
-TRANSPOSED = r'''
+UNTRIED_LAYOUTS = r'''
 import json, sys
 import torch
 sys.path.insert(0, sys.argv[1])
 import strided_attention as m
 
 torch.manual_seed(0)
-# q, k, v in a layout the verifier's suite does not try: [S, B, H, D] memory seen as [B, H, S, D]
-q, k, v = (torch.randn(40, 2, 3, 16, dtype=torch.float16).permute(1, 2, 0, 3) for _ in range(3))
-ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
-o = m.attention(q, k, v)
-print("REPORT " + json.dumps({"contiguous_input": q.is_contiguous(), "error": (o.double() - ref).abs().max().item(),
-                              "output_strides_like_q": o.stride() == torch.empty_like(q).stride()}))
+inputs = {
+    # [S, B, H, D] memory seen as [B, H, S, D]: a layout the verifier's suite does not try
+    "sbhd": [torch.randn(40, 2, 3, 16, dtype=torch.float16).permute(1, 2, 0, 3) for _ in range(3)],
+    # contiguous, but starting 2 bytes past a 16-byte boundary (a slice of a flat buffer): the suite's inputs
+    # start aligned
+    "misaligned": [torch.randn(1 + 2 * 3 * 40 * 16, dtype=torch.float16)[1:].view(2, 3, 40, 16) for _ in range(3)],
+}
+report = {}
+for name, (q, k, v) in inputs.items():
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    o = m.attention(q, k, v)
+    report[name] = {"contiguous_input": q.is_contiguous(), "aligned_input": q.data_ptr() % 16 == 0,
+                    "error": (o.double() - ref).abs().max().item(),
+                    "output_strides_like_q": o.stride() == torch.empty_like(q).stride()}
+print("REPORT " + json.dumps(report))
 '''
 
 
 def test_a_module_copies_inputs_in_layouts_the_suite_did_not_try(tmp_path):
-    """The verifier's suite tries contiguous q, k and v and the transposed [B, S, H, D] views models make. Any
-    other layout ([S, B, H, D] memory here) reaches the kernel as a contiguous copy: a kernel that handles only
-    what it was tried on (here, contiguous memory: its strides worked out from the shapes) stays right."""
+    """The verifier's suite tries contiguous q, k and v and the transposed [B, S, H, D] views models make, each
+    starting on a 16-byte boundary. Any other input reaches the kernel as a contiguous copy in fresh memory: a
+    kernel that handles only what it was tried on stays right. Here the kernel works its strides out from the
+    shapes (contiguous memory only) and, as the copy engine does, refuses a misaligned start; it is handed
+    [S, B, H, D] memory and a contiguous slice 2 bytes off the boundary."""
     from agent.export import NO_SPEC, Exportable, write_module
     from kernels import flash_source
     from verifier.problem import Shape
 
     strides = "*q.stride()[:3], *k.stride()[:3], *v.stride()[:3]"
     assumed = "H * SQ * D, SQ * D, D, HK * SKV * D, SKV * D, D, HK * SKV * D, SKV * D, D"
+    entry = "    B, H, SQ, D = q.shape\n"
+    aligned_only = "    assert all(t.data_ptr() % 16 == 0 for t in (q, k, v)), 'base must be 16-byte aligned'\n"
     kernel = flash_source()
-    assert strides in kernel
-    item = Exportable(kernel.replace(strides, assumed), "noop", NO_SPEC, {}, ["a test"], Shape(2, 3, 3, 40, 40, 16))
+    assert strides in kernel and kernel.count(entry) == 1
+    kernel = kernel.replace(strides, assumed).replace(entry, aligned_only + entry)
+    item = Exportable(kernel, "noop", NO_SPEC, {}, ["a test"], Shape(2, 3, 3, 40, 40, 16))
     write_module(item, tmp_path / "strided_attention.py")
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", TRANSPOSED, str(tmp_path)], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", UNTRIED_LAYOUTS, str(tmp_path)], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     report = json.loads(line.removeprefix("REPORT "))
-    assert report["contiguous_input"] is False
-    assert report["error"] < 1e-2 and report["output_strides_like_q"] is True
+    assert report["sbhd"]["contiguous_input"] is False
+    assert report["misaligned"]["contiguous_input"] is True and report["misaligned"]["aligned_input"] is False
+    for name in ("sbhd", "misaligned"):
+        assert report[name]["error"] < 1e-2 and report[name]["output_strides_like_q"] is True, name
 
 
 def said(result) -> str:

@@ -2,6 +2,8 @@
 launch counts, score-sized allocations, illegal memory access). Skipped without CUDA."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -279,6 +281,29 @@ def test_a_dilated_mask_with_a_score_mod_reading_a_buffer_runs_class_by_class(tm
                                                                               shape.kv_shape))
     module.attention(q, k, v, SLOPES=torch.exp2(-torch.arange(1, 9, dtype=torch.float32, device="cuda")))
     assert {key[5] for key in module._BLOCK_MAPS} == {2}
+
+
+@hopper
+@pytest.mark.parametrize("config", ["BM64 BN128 w4 s2 tma", "BM128 BN128 w4 s3 gluon persistent"])
+def test_the_descriptor_kernels_take_inputs_that_start_off_a_16_byte_boundary(specs, tmp_path, config):
+    """The copy engine refuses a start that is not 16-byte aligned, and t.contiguous() hands a contiguous slice back
+    as it is: the built-in descriptor and Gluon kernels copy such inputs to fresh memory. Causal at a ragged length,
+    on contiguous slices 2 bytes off the boundary, against the float64 reference."""
+    from verifier.reference import exact
+    from verifier.spec import load_spec
+
+    path = specs / "causal.py"
+    module = load_module(builtin_source(str(path), config), tmp_path)
+    shape = Shape(2, 8, 8, 1000, 1000, 64)
+
+    def off_the_boundary(s):
+        return torch.randn(1 + math.prod(s), device="cuda", dtype=torch.bfloat16)[1:].view(s)
+
+    q, k, v = (off_the_boundary(s) for s in (shape.q_shape, shape.kv_shape, shape.kv_shape))
+    assert q.is_contiguous() and q.data_ptr() % 16 == 2
+    o = module.attention(q, k, v)
+    expected = exact(q, k, v, load_spec(SpecFiles(mask_path=str(path))), None, shape)
+    assert (o.double() - expected).abs().max().item() < 2e-2
 
 
 def mask_for_gluon(tmp_path, name: str):
