@@ -19,6 +19,7 @@ from agent.proposers import Proposer, SearchContext
 from agent.records import ACCEPTED, CANCELLED, FAILED, NO_KERNEL, REJECTED, Attempt, Candidate, RunRecord, describe_speed
 from agent.rundir import RunDir, utc_now
 from verifier.compiled import describe as describe_compiled
+from verifier.suite import LAYOUTS, Trial
 from verifier.verify import Cancelled, Verifier
 
 MAX_PROPOSER_FAILURES = 3  # consecutive model failures (after the client's own retries) end a lineage
@@ -226,10 +227,16 @@ def best_header(run_id: str, verifier: Verifier, attempt: Attempt) -> str:
     top = verifier.suite[0].shape  # the suite's largest (capped on a CPU)
     lines += [f"max error {m.max_error:.3g} over the verifier's suite" if m.max_error is not None else "",
               # what the suite varies and what it does not: `kgen export` guards the rest, this file does not
-              f"checked on contiguous and transposed ([B, S, H, D] memory) q, k, v at head_dim {top.head_dim} with "
+              f"checked on q, k, v laid out {layouts_tried(verifier.suite)}, at head_dim {top.head_dim} with "
               f"{top.group} query head(s) per key/value head, shapes up to {top.label()}",
               "contract: attention(q, k, v, *, scale=None, **buffers) -> o"]
     return "".join(f"# {line}\n" for line in lines if line)
+
+
+def layouts_tried(suite: list[Trial]) -> str:
+    """The memory layouts of the suite's trials, in words: "contiguous, ... and ..." """
+    words = [LAYOUTS[name] for name in dict.fromkeys(t.layout for t in suite)]
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
 
 
 def _gpu_name() -> str | None:

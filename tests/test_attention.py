@@ -74,8 +74,9 @@ def test_model_kernel_accepted_first_try(server, tmp_path):
     assert record["best"]["origin"] == "model"
     best = (run / "best" / "kernel.py").read_text()
     assert best.startswith("# kgen: verified attention kernel for spec `rel_pos`") and "def attention(" in best
-    assert "# checked on contiguous and transposed ([B, S, H, D] memory) q, k, v at head_dim 16 with 1 query " \
-           "head(s) per key/value head, shapes up to B2 H2 N48 D16\n" in best
+    assert "# checked on q, k, v laid out contiguous, transposed ([B, S, H, D] memory) and as views into wider " \
+           "memory (fused projections, a longer KV cache), at head_dim 16 with 1 query head(s) per key/value head, " \
+           "shapes up to B2 H2 N48 D16\n" in best
     prompt = (run / "attempts" / "0001" / "prompt.md").read_text()
     assert prompt.count("===== ") == 2 and "===== system" in prompt and "===== user" in prompt
     chat_headers = [headers for path, headers, _ in server.requests if path.endswith("/chat/completions")]

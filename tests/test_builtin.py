@@ -372,6 +372,26 @@ def test_the_descriptor_kernel_copies_a_slice_that_starts_off_a_16_byte_boundary
     assert (o.double() - expected).abs().max().item() < 1e-2
 
 
+@pytest.mark.parametrize("cfg", [CONFIG, replace(CONFIG, tma=True), KernelConfig(128, 128, 4, 2, gluon=True)],
+                         ids=["pointers", "descriptors", "gluon"])
+def test_the_builtin_kernels_take_problems_with_a_dimension_of_0(tmp_path, specs, cfg):
+    """No queries, no batch: an empty output. No keys: every row is empty and outputs zeros. Descriptors refuse a
+    dimension of 0, so the wrappers return before any launch (the Gluon kernel's too, which is why it runs on the
+    CPU here); causal, whose block map would be built for the problem otherwise."""
+    source = builtin_kernel(specs / "causal.py", cfg)
+    found = run_interpreted(source, """
+        report = {}
+        for name, (B, SQ, SKV) in {"no queries": (2, 0, 40), "no keys": (2, 40, 0), "no batch": (0, 40, 40)}.items():
+            q = torch.randn(B, 2, SQ, 16, dtype=torch.float16)
+            k, v = (torch.randn(B, 2, SKV, 16, dtype=torch.float16) for _ in range(2))
+            o = module.attention(q, k, v)
+            report[name] = [list(o.shape), o.dtype == q.dtype, bool((o == 0).all())]
+        print(json.dumps(report))
+    """, tmp_path)
+    assert found == {"no queries": [[2, 2, 0, 16], True, True], "no keys": [[2, 2, 40, 16], True, True],
+                     "no batch": [[0, 2, 40, 16], True, True]}
+
+
 def test_the_gluon_wrapper_hands_the_copy_engine_aligned_inputs(tmp_path, specs):
     """The Gluon kernel runs on Hopper only; here its wrapper runs on the CPU up to the launch, which records the
     tensor descriptors it is given instead of running. A misaligned contiguous slice and a transposed view each

@@ -82,10 +82,16 @@ def test_bad_output_reasons():
     assert "float32" in bad_output_reason(q.float(), q)
     assert "shape (2, 2, 16, 8)" in bad_output_reason(q.transpose(2, 3).contiguous(), q)
     odd = q.transpose(2, 3).contiguous().transpose(2, 3)  # right shape, laid out neither way
-    assert "neither contiguous nor laid out like q" in bad_output_reason(odd, q)
+    assert "neither contiguous nor laid out as torch.empty_like(q)" in bad_output_reason(odd, q)
     transposed = torch.zeros(2, 8, 2, 16, dtype=torch.float16).transpose(1, 2)  # q as a model's projection makes it
     assert bad_output_reason(torch.empty_like(transposed), transposed) is None  # o laid out like q
     assert bad_output_reason(torch.empty(transposed.shape, dtype=torch.float16), transposed) is None  # contiguous
+    # q among more heads of a fused projection: empty_like(q) gives dense strides in q's order, not q's own
+    fused = torch.zeros(2, 8, 4, 16, dtype=torch.float16)[:, :, 1:3].transpose(1, 2)
+    assert torch.empty_like(fused).stride() != fused.stride()
+    assert bad_output_reason(torch.empty_like(fused), fused) is None
+    assert "neither contiguous" in bad_output_reason(torch.empty_like(fused).transpose(2, 3).contiguous()
+                                                     .transpose(2, 3), fused)
     assert "Sub" in bad_output_reason(torch.zeros_like(q).as_subclass(Sub), q)
     assert "Tensorish" in bad_output_reason(Tensorish(), q)
     assert "autograd" in bad_output_reason(torch.zeros_like(q, requires_grad=True), q)

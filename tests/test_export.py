@@ -304,11 +304,15 @@ import strided_attention as m
 
 torch.manual_seed(0)
 inputs = {
-    # [S, B, H, D] memory seen as [B, H, S, D]: a layout the verifier's suite does not try
-    "sbhd": [torch.randn(40, 2, 3, 16, dtype=torch.float16).permute(1, 2, 0, 3) for _ in range(3)],
+    # one [1, H, S, D] tensor seen as every batch element's (a stride of 0): the suite's strides are positive
+    "expanded": [torch.randn(1, 3, 40, 16, dtype=torch.float16).expand(2, 3, 40, 16) for _ in range(3)],
+    # [B, H, D, S] memory seen as [B, H, S, D]: the suite's last dimension is contiguous
+    "columns": [torch.randn(2, 3, 16, 40, dtype=torch.float16).transpose(2, 3) for _ in range(3)],
     # contiguous, but starting 2 bytes past a 16-byte boundary (a slice of a flat buffer): the suite's inputs
     # start aligned
     "misaligned": [torch.randn(1 + 2 * 3 * 40 * 16, dtype=torch.float16)[1:].view(2, 3, 40, 16) for _ in range(3)],
+    # heads 0..2 of [B, S, 5, D]: a fused projection's, as the suite tried
+    "gaps": [torch.randn(2, 40, 5, 16, dtype=torch.float16)[:, :, :3].transpose(1, 2) for _ in range(3)],
 }
 report = {}
 for name, (q, k, v) in inputs.items():
@@ -322,11 +326,13 @@ print("REPORT " + json.dumps(report))
 
 
 def test_a_module_copies_inputs_in_layouts_the_suite_did_not_try(tmp_path):
-    """The verifier's suite tries contiguous q, k and v and the transposed [B, S, H, D] views models make, each
-    starting on a 16-byte boundary. Any other input reaches the kernel as a contiguous copy in fresh memory: a
-    kernel that handles only what it was tried on stays right. Here the kernel works its strides out from the
-    shapes (contiguous memory only) and, as the copy engine does, refuses a misaligned start; it is handed
-    [S, B, H, D] memory and a contiguous slice 2 bytes off the boundary."""
+    """The verifier's suite tries q, k and v contiguous, transposed, and as views into wider memory, each with
+    positive strides of 16-byte multiples, a contiguous last dimension, and a start on a 16-byte boundary. Any
+    other input reaches the kernel as a contiguous copy in fresh memory: a kernel that handles only what it was
+    tried on stays right. Here the kernel works its strides out from the shapes (contiguous memory only) and, as
+    the copy engine does, refuses a misaligned start; it is handed a batch expanded from one (a stride of 0),
+    columns ([B, H, D, S] memory) and a contiguous slice 2 bytes off the boundary. A view with gaps, which the
+    suite did try, goes through as it is."""
     from agent.export import NO_SPEC, Exportable, write_module
     from kernels import flash_source
     from verifier.problem import Shape
@@ -346,10 +352,55 @@ def test_a_module_copies_inputs_in_layouts_the_suite_did_not_try(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     report = json.loads(line.removeprefix("REPORT "))
-    assert report["sbhd"]["contiguous_input"] is False
     assert report["misaligned"]["contiguous_input"] is True and report["misaligned"]["aligned_input"] is False
-    for name in ("sbhd", "misaligned"):
+    for name in ("expanded", "columns", "misaligned"):
         assert report[name]["error"] < 1e-2 and report[name]["output_strides_like_q"] is True, name
+    assert report["expanded"]["contiguous_input"] is report["columns"]["contiguous_input"] is False
+    # a view with gaps reaches the kernel as it is: this kernel, which reads no strides, gets it wrong
+    assert report["gaps"]["error"] > 0.1
+
+
+EMPTY_PROBLEMS = r'''
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import untried_attention as m
+
+report = {}
+for name, (B, SQ, SKV) in {"no queries": (2, 0, 40), "no keys": (2, 40, 0), "no batch": (0, 40, 40)}.items():
+    q = torch.randn(B, 3, SQ, 16, dtype=torch.float16)
+    k, v = (torch.randn(B, 3, SKV, 16, dtype=torch.float16) for _ in range(2))
+    o = m.attention(q, k, v)
+    report[name] = [list(o.shape), o.stride() == q.stride(), bool((o == 0).all())]
+try:
+    m.attention(*(torch.randn(2, 3, 40, 16, dtype=torch.float16) for _ in range(3)))
+except RuntimeError as e:
+    report["a problem with work"] = str(e)
+print("REPORT " + json.dumps(report))
+'''
+
+
+def test_a_module_answers_problems_with_a_dimension_of_0_without_its_kernel(tmp_path):
+    """The suite never tries a dimension of 0, so the module does not hand one to the kernel: no queries or no
+    batch give an empty output, no keys zeros (every row is empty). The kernel here raises whenever it is called."""
+    from agent.export import NO_SPEC, Exportable, write_module
+    from kernels import flash_source
+    from verifier.problem import Shape
+
+    entry = "    B, H, SQ, D = q.shape\n"
+    kernel = flash_source()
+    assert kernel.count(entry) == 1
+    kernel = kernel.replace(entry, "    raise RuntimeError('the kernel was called')\n" + entry)
+    write_module(Exportable(kernel, "noop", NO_SPEC, {}, ["a test"], Shape(2, 3, 3, 40, 40, 16)),
+                 tmp_path / "untried_attention.py")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", EMPTY_PROBLEMS, str(tmp_path)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert json.loads(line.removeprefix("REPORT ")) == {
+        "no queries": [[2, 3, 0, 16], True, True], "no keys": [[2, 3, 40, 16], True, True],
+        "no batch": [[0, 3, 40, 16], True, True], "a problem with work": "the kernel was called"}
 
 
 def said(result) -> str:

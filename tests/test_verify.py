@@ -153,16 +153,55 @@ def test_a_kernel_that_drops_the_sign_of_the_scale_is_wrong_only_on_the_negative
     assert not trials["negative scale"] and trials["explicit scale"] and trials["target"]
 
 
-def test_a_kernel_that_assumes_contiguous_inputs_is_wrong_only_on_a_models_transposed_views(verifier):
-    """Models hand attention q.transpose(1, 2) of a [B, S, H, D] projection: a kernel that works its strides out
-    from the shapes is right on contiguous inputs and wrong there. The kernel that reads the strides it is given
-    (flash_source) passes every trial, that one included (test_good_kernels_are_accepted)."""
+TRANSPOSED = "[B, S, H, D] memory (q.transpose(1, 2) of a projection)"
+WIDER = "views into wider memory (a fused projection, a longer KV cache)"
+
+
+def test_a_kernel_that_assumes_contiguous_inputs_is_wrong_only_on_a_models_views(verifier):
+    """Models hand attention q.transpose(1, 2) of a [B, S, H, D] projection, or views into wider memory: a kernel
+    that works its strides out from the shapes is right on contiguous inputs and wrong on both. The kernel that
+    reads the strides it is given (flash_source) passes every trial, those included
+    (test_good_kernels_are_accepted)."""
     source = flash_source().replace("*q.stride()[:3], *k.stride()[:3], *v.stride()[:3]",
                                     "H * SQ * D, SQ * D, D, HK * SKV * D, SKV * D, D, HK * SKV * D, SKV * D, D")
     verdict = rejected(verifier("noop").verify(source), "wrong_output", "numerics")
     trials = {t["purpose"]: t["ok"] for t in verdict.failed_stage.details["trials"]}
-    transposed = "[B, S, H, D] memory (q.transpose(1, 2) of a projection)"
-    assert not trials[transposed] and all(ok for purpose, ok in trials.items() if purpose != transposed)
+    assert not trials[TRANSPOSED] and not trials[WIDER]
+    assert all(ok for purpose, ok in trials.items() if purpose not in (TRANSPOSED, WIDER))
+
+
+@pytest.mark.parametrize("tensor", ["q", "k", "v"])
+def test_a_kernel_that_takes_one_tensors_strides_for_anothers_is_wrong_on_views_into_wider_memory(verifier,
+                                                                                                   tensor):
+    """In contiguous and transposed memory k and v are laid out alike, and q like them where the lengths are
+    equal: a kernel that indexes k with v's strides or v with k's passes those trials (and one that reads q with
+    k's passes the trials of equal lengths). In the views into wider memory (q among more heads of a fused
+    projection, k a prefix of a longer cache, v half rows of a fused K/V projection) every tensor's strides
+    differ, and such a kernel is wrong there."""
+    borrowed = {"q": "*k.stride()[:3], *k.stride()[:3], *v.stride()[:3]",
+                "k": "*q.stride()[:3], *v.stride()[:3], *v.stride()[:3]",
+                "v": "*q.stride()[:3], *k.stride()[:3], *k.stride()[:3]"}[tensor]
+    source = flash_source().replace("*q.stride()[:3], *k.stride()[:3], *v.stride()[:3]", borrowed)
+    verdict = verifier("noop").verify(source)
+    assert not verdict.accepted and verdict.failed_stage.stage == "numerics"
+    trials = {t["purpose"]: t["ok"] for t in verdict.failed_stage.details["trials"]}
+    assert not trials[WIDER]
+    if tensor != "q":  # k and v share strides in every other layout
+        assert all(ok for purpose, ok in trials.items() if purpose != WIDER)
+
+
+def test_writing_between_the_rows_of_an_input_view_is_caught(verifier):
+    """The gaps in the views into wider memory hold guard NaNs: a kernel that stores into them (here, zeros into
+    the head just before q's first, in q's fused projection) is caught writing outside its tensors."""
+    source = flash_source()
+    old = "    return o\n"
+    assert source.count(old) == 1
+    source = source.replace(old, "    if q.stride(1) == D and q.stride(2) > H * D:  # q among more heads\n"
+                                 "        q.as_strided((D, ), (1, ), q.storage_offset() - D).zero_()\n"
+                                 "    return o\n")
+    verdict = verifier("noop").verify(source)
+    assert not verdict.accepted
+    assert "the memory between q's rows was overwritten" in verdict.message
 
 
 def test_no_running_max_overflows_on_large_logits(verifier):
@@ -294,7 +333,8 @@ def test_suite_covers_what_the_issue_asks(target, interpreted):
         assert top == target and {127, 1000} <= lengths
     else:
         assert top.seq_len <= 128 and top.batch <= 8
-    assert [t.layout for t in suite].count("bshd") == 1 and suite[0].layout == "contiguous"
+    layouts = [t.layout for t in suite]
+    assert layouts.count("bshd") == layouts.count("strided") == 1 and suite[0].layout == "contiguous"
     repeat = suite[-1]
     assert repeat.repeat_of == suite[0].id
     assert (repeat.shape, repeat.dist, repeat.seed, repeat.scale) == (top, "normal", suite[0].seed, suite[0].scale)

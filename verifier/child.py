@@ -145,20 +145,44 @@ def bad_output_reason(out, q: torch.Tensor) -> str | None:
         if got != want]
     if wrong:
         return "output has " + ", ".join(wrong)
-    if not out.is_contiguous() and out.stride() != q.stride():
-        return (f"output is neither contiguous nor laid out like q (strides {out.stride()}, q's {q.stride()}); "
-                f"return a new tensor from torch.empty(q.shape, ...) or torch.empty_like(q)")
+    like_q = torch.empty_like(q, device="meta").stride()  # q's strides, or dense ones in q's order if q has gaps
+    if not out.is_contiguous() and out.stride() != like_q:
+        return (f"output is neither contiguous nor laid out as torch.empty_like(q) (strides {out.stride()}, "
+                f"empty_like(q)'s {like_q}); return a new tensor from torch.empty(q.shape, ...) or torch.empty_like(q)")
     if out.requires_grad or out.grad_fn is not None:
         return "output is part of an autograd graph; compute it with Triton, not torch ops"
     return None
 
 
-def laid_out(t: torch.Tensor, layout: str, label: str):
-    """A guarded copy of the [B, H, S, D] tensor `t` in the trial's memory layout, and its guard."""
+def laid_out(t: torch.Tensor, layout: str, name: str) -> tuple[torch.Tensor, list]:
+    """A copy of the [B, H, S, D] input `name` (q, k or v) in the trial's memory layout, and its guards."""
+    label = f"the memory around {name}"
     if layout == "bshd":  # [B, S, H, D] memory, the view a model's q.transpose(1, 2) gives
         copy, guard = guarded(t.transpose(1, 2), label, halfword=guards.INPUT_GUARD)
-        return copy.transpose(1, 2), guard
-    return guarded(t, label, halfword=guards.INPUT_GUARD)
+        return copy.transpose(1, 2), [guard]
+    if layout == "strided":
+        return in_wider_memory(t, name)
+    copy, guard = guarded(t, label, halfword=guards.INPUT_GUARD)
+    return copy, [guard]
+
+
+def in_wider_memory(t: torch.Tensor, name: str) -> tuple[torch.Tensor, list]:
+    """`t` as a view into larger memory, as models hand their inputs over, its strides none that its shape gives
+    and q's, k's and v's all different: q among more heads of a fused QKV projection, k the first positions of a
+    longer KV cache, v the second half of each row of a fused K/V projection. The gaps hold the guard's NaNs (a
+    kernel that reads them as data gets NaN), and a write into them is caught like one past the end."""
+    B, H, S, D = t.shape
+    if name == "q":  # heads 1..H of [B, S, H + 2, D]
+        size, view_of = (B, S, H + 2, D), lambda m: m[:, :, 1:H + 1].transpose(1, 2)
+    elif name == "k":  # positions 0..S-1 of [B, H, S + 5, D]
+        size, view_of = (B, H, S + 5, D), lambda m: m[:, :, :S]
+    else:  # the last D of each row of [B, S, H, 2D]
+        size, view_of = (B, S, H, 2 * D), lambda m: m[..., D:].transpose(1, 2)
+    memory, guard = guarded(torch.empty(size, dtype=t.dtype, device=t.device), f"the memory around {name}",
+                            copy=False, halfword=guards.INPUT_GUARD)
+    view = view_of(memory)
+    view.copy_(t)
+    return view, [guard, guards.GapGuard.around(memory, view_of, f"the memory between {name}'s rows")]
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
@@ -190,8 +214,8 @@ class Checker:
         inputs = {}
         watched = []
         for name, t in zip("qkv", make_inputs(trial, self.dtype, self.device)):
-            inputs[name], guard = laid_out(t, trial.layout, f"the memory around {name}")
-            watched.append(guard)
+            inputs[name], layout_guards = laid_out(t, trial.layout, name)
+            watched += layout_guards
         originals = {n: t.clone() for n, t in inputs.items()}
         watch = CallWatch()
         started = time.perf_counter()

@@ -73,6 +73,26 @@ class GuardedBuffer:
         return torch.equal(before, self.pattern[: len(before)]) and torch.equal(after, self.pattern[: len(after)])
 
 
+@dataclass
+class GapGuard:
+    """The memory between the elements of a strided view into a larger buffer: it must keep what it held."""
+
+    memory: torch.Tensor
+    gaps: torch.Tensor  # bool, like memory: True where no element of the view lies
+    held: torch.Tensor  # the gaps' bytes before the call
+    label: str
+
+    @classmethod
+    def around(cls, memory: torch.Tensor, view_of, label: str) -> "GapGuard":
+        """`view_of(memory)` is the view; the rest of `memory` is watched."""
+        gaps = torch.ones(memory.shape, dtype=torch.bool, device=memory.device)
+        view_of(gaps).fill_(False)
+        return cls(memory, gaps, memory[gaps].view(torch.uint8).clone(), label)
+
+    def intact(self) -> bool:
+        return torch.equal(self.memory[self.gaps].view(torch.uint8), self.held)
+
+
 def guarded(t: torch.Tensor, label: str, copy: bool = True, halfword: int = -1) -> tuple[torch.Tensor, GuardedBuffer]:
     """A contiguous copy of `t` (or poisoned memory of its shape) with guard regions on both sides.
 

@@ -19,6 +19,15 @@ DISTRIBUTIONS = ("normal", "large", "adversarial")
 CPU_MAX_BATCH, CPU_MAX_KV_HEADS, CPU_MAX_LEN = 8, 2, 128
 
 
+# Memory layouts of q, k and v that the suite tries, in words
+LAYOUTS = {
+    "contiguous": "contiguous",
+    "bshd": "transposed ([B, S, H, D] memory)",  # q.transpose(1, 2) of a model's projection
+    # (verifier.child.in_wider_memory): every stride other than the shape gives, and q's, k's and v's all different
+    "strided": "as views into wider memory (fused projections, a longer KV cache)",
+}
+
+
 @dataclass(frozen=True)
 class Trial:
     id: str
@@ -28,8 +37,7 @@ class Trial:
     seed: int = 0
     scale: float | None = None  # None: the kernel's default, 1/sqrt(D)
     repeat_of: str | None = None  # the id of an earlier trial with the very same inputs (a determinism check)
-    # how q, k and v lie in memory: "contiguous" [B, H, S, D], or "bshd", [B, S, H, D] memory seen as [B, H, S, D]
-    # (q.transpose(1, 2) of a model's projection: not contiguous, the values the same)
+    # how q, k and v lie in memory (LAYOUTS): the values are the same in each
     layout: str = "contiguous"
 
     def to_dict(self) -> dict:
@@ -80,10 +88,12 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         ("ragged 127, adversarial keys", sized(small, 127, 127), "adversarial", None),
         # models hand attention transposed views of their projections: a kernel must read the strides it is given
         ("[B, S, H, D] memory (q.transpose(1, 2) of a projection)", sized(small, 130, 190), "normal", None, "bshd"),
+        ("views into wider memory (a fused projection, a longer KV cache)", sized(small, 160, 224), "normal", None,
+         "strided"),
     ]
     trials, seen = [], set()
     for i, (purpose, shape, dist, scale, *rest) in enumerate(plan):
-        layout = rest[0] if rest else "contiguous"  # (only the transposed trial names its layout)
+        layout = rest[0] if rest else "contiguous"  # (only the layout trials name theirs)
         key = (shape, dist, scale, layout)
         if key in seen:
             continue
