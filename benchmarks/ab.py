@@ -8,7 +8,9 @@ case, all kernels are checked against the float64 reference on the case's inputs
 three input sets rotated). Alternating in one process keeps the GPU's clock and power state the same for both,
 which separate runs do not: run to run a kernel's time moves by several percent. `--host` also times the host's
 side of a call (the Python wrapper and the launch, the GPU not waited for): where it is longer than the kernel,
-calls in a row wait on the host, not on the GPU.
+calls in a row wait on the host, not on the GPU. `--layout` hands the kernels q, k and v in one of the memory
+layouts the verifier's suite tries (bshd: a model's q.transpose(1, 2); strided: views into wider memory), the
+values the same, where the benchmark times contiguous ones.
 
     python benchmarks/ab.py --base /tmp/base --case "rel_pos 2x16x8192x128 BM128 BN64 w4 s3 gluon persistent"
     python benchmarks/ab.py --base head=/tmp/head --base try2=/tmp/try2 --case "noop 8x16x2048x128 BM128 BN64 w4 s3 gluon"
@@ -33,8 +35,10 @@ from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import TIMING, load_module, parse_shape, target_inputs  # noqa: E402
 from verifier import timing  # noqa: E402
+from verifier.child import laid_out  # noqa: E402
 from verifier.problem import DTYPES  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
+from verifier.suite import LAYOUTS  # noqa: E402
 
 
 @dataclass
@@ -81,13 +85,20 @@ def host_us_per_call(call, n_sets: int, calls: int = 300) -> float:
     return elapsed / calls * 1e6
 
 
+def in_layout(sets: list, layout: str) -> list:
+    """Each input set's q, k and v with the same values in `layout` (a key of verifier.suite.LAYOUTS), laid out as
+    the verifier's trial of that layout lays them out (the guards it keeps around them are dropped)."""
+    return [[laid_out(t, layout, name)[0] for t, name in zip(inputs, "qkv")] for inputs in sets]
+
+
 def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seconds: float, workdir: Path,
-             host: bool = False) -> Result:
+             host: bool = False, layout: str = "contiguous") -> Result:
     result = Result(case)
     spec = load_spec(SpecFiles(str(spec_dir / f"{case.spec}.py")))
     shape = parse_shape(case.shape)
     cfg = KernelConfig.from_label(case.config)
     sets, buffers, check = target_inputs(spec, shape, dtype)  # the benchmark's inputs, seeds and check
+    sets = in_layout(sets, layout)
     lowered = lower_spec(spec)
     kernels = {}
     for version, render in renderers.items():
@@ -149,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--out", default="ab.json")
     parser.add_argument("--host", action="store_true", help="also time the host's side of each call")
+    parser.add_argument("--layout", default="contiguous", choices=list(LAYOUTS),
+                        help="how q, k and v lie in memory (the verifier's trial layouts)")
     args = parser.parse_args(argv)
     names = [name for name, _ in args.base]
     if len(set(names + ["after"])) != len(names) + 1:
@@ -162,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.case:
             try:
                 results.append(run_case(case, renderers, Path(args.spec_dir), DTYPES[args.dtype], args.reps,
-                                        args.seconds, Path(tmp), args.host))
+                                        args.seconds, Path(tmp), args.host, args.layout))
             except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
                 results.append(Result(case, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"))
             print(json.dumps(asdict(results[-1])), flush=True)
-            Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(),
+            Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "layout": args.layout,
                                                   "results": [asdict(r) for r in results]}, indent=1))
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}; {args.reps} repetitions of "
-          f"{args.seconds} s a call each, alternating\n")
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}, q, k, v {LAYOUTS[args.layout]};"
+          f" {args.reps} repetitions of {args.seconds} s a call each, alternating\n")
     print_table(results, list(renderers))
     return 0
 

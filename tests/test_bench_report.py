@@ -176,6 +176,24 @@ def test_ab_refuses_two_bases_of_one_name(tmp_path, capsys):
     assert "each --base needs its own NAME" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("layout", ["bshd", "strided"])
+def test_ab_times_inputs_in_the_verifiers_trial_layouts(layout):
+    """--layout hands the kernels each input set laid out as the verifier's trial of that layout lays it out (not
+    contiguous, every stride as the trial's), the values the same."""
+    import torch
+
+    from benchmarks.ab import in_layout
+    from verifier.child import laid_out
+
+    sets = [[torch.randn(2, 4, 24, 16, dtype=torch.float16) for _ in range(3)] for _ in range(2)]
+    moved = in_layout(sets, layout)
+    for inputs, before in zip(moved, sets):
+        for t, original, name in zip(inputs, before, "qkv"):
+            assert torch.equal(t, original) and not t.is_contiguous()
+            assert t.stride() == laid_out(original, layout, name)[0].stride()
+    assert in_layout(sets, "contiguous")[0][0].is_contiguous()
+
+
 def test_shapes_are_read_with_and_without_gqa():
     """--shapes and ab.py's cases take GQA shapes in the form a row's label writes the heads (H16/4), and a saved
     row's label reads back to its shape."""

@@ -353,23 +353,42 @@ MISALIGNED = """
 """
 
 
-def test_the_descriptor_kernel_copies_a_slice_that_starts_off_a_16_byte_boundary(tmp_path, specs):
-    """The copy engine refuses a start that is not 16-byte aligned, and t.contiguous() hands a contiguous slice back
-    as it is: the wrapper copies such an input to fresh memory. Causal, run by the interpreter with descriptors,
-    agrees with the float64 reference; an aligned contiguous input is not copied."""
+# q, k, v of [2, 2, 40, 16] (k and v alike) as a model may hand them over, for the scripts below
+LAYOUTS = MISALIGNED + """
+        def laid_out(name):
+            if name == "misaligned":
+                return [off_a_16_byte_boundary(2, 2, 40, 16) for _ in range(3)]
+            if name == "transposed":  # q.transpose(1, 2) of [B, S, H, D]
+                return [torch.randn(2, 40, 2, 16, dtype=torch.float16).transpose(1, 2) for _ in range(3)]
+            if name == "fused heads":  # heads 1..2 of a fused projection's [B, S, 4, D]
+                return [torch.randn(2, 40, 4, 16, dtype=torch.float16)[:, :, 1:3].transpose(1, 2) for _ in range(3)]
+            if name == "expanded":  # one batch element's tensor seen as both's (a stride of 0)
+                return [torch.randn(1, 2, 40, 16, dtype=torch.float16).expand(2, 2, 40, 16) for _ in range(3)]
+            return [torch.randn(2, 2, 40, 16, dtype=torch.float16) for _ in range(3)]
+"""
+IN_PLACE = {"aligned": True, "transposed": True, "fused heads": True, "misaligned": False, "expanded": False}
+
+
+def test_the_descriptor_kernel_reads_model_layouts_in_place_and_copies_what_the_copy_engine_refuses(tmp_path, specs):
+    """The descriptors take strides: a model's transposed projection and heads of a fused one are read where they
+    lie. The copy engine refuses a start off a 16-byte boundary (t.contiguous() hands a contiguous slice back as it
+    is) and a stride of 0: those are copied to fresh memory. Causal, run by the interpreter with descriptors, agrees
+    with the float64 reference on each."""
     source = builtin_kernel(specs / "causal.py", replace(CONFIG, tma=True))
-    found = run_interpreted(source, MISALIGNED + """        q, k, v = (off_a_16_byte_boundary(2, 2, 40, 16) for _ in range(3))
-        o = module.attention(q, k, v)
-        aligned = torch.randn(2, 2, 40, 16, dtype=torch.float16)
-        torch.save((q, k, v, o), {path!r})
-        print(json.dumps({{"misaligned": [t.data_ptr() % 16 for t in (q, k, v)], "contiguous": q.is_contiguous(),
-                          "aligned_kept": module._copy_engine_ready(aligned) is aligned}}))
-    """.format(path=str(tmp_path / "case.pt")), tmp_path)
-    assert found == {"misaligned": [2, 2, 2], "contiguous": True, "aligned_kept": True}
-    q, k, v, o = torch.load(tmp_path / "case.pt")
+    found = run_interpreted(source, LAYOUTS + """
+        saved, in_place = {{}}, {{}}
+        for name in {names!r}:
+            q, k, v = laid_out(name)
+            in_place[name] = all(module._copy_engine_ready(t) is t for t in (q, k, v))
+            saved[name] = (q, k, v, module.attention(q, k, v))
+        torch.save(saved, {path!r})
+        print(json.dumps(in_place))
+    """.format(names=list(IN_PLACE), path=str(tmp_path / "cases.pt")), tmp_path)
+    assert found == IN_PLACE
     spec = load_spec(SpecFiles(mask_path=str(specs / "causal.py")))
-    expected = exact(q, k, v, spec, None, Shape(2, 2, 2, 40, 40, 16))
-    assert (o.double() - expected).abs().max().item() < 1e-2
+    for name, (q, k, v, o) in torch.load(tmp_path / "cases.pt").items():
+        expected = exact(q, k, v, spec, None, Shape(2, 2, 2, 40, 40, 16))
+        assert (o.double() - expected).abs().max().item() < 1e-2, name
 
 
 @pytest.mark.parametrize("cfg", [CONFIG, replace(CONFIG, tma=True), KernelConfig(128, 128, 4, 2, gluon=True)],
@@ -392,35 +411,33 @@ def test_the_builtin_kernels_take_problems_with_a_dimension_of_0(tmp_path, specs
                      "no batch": [[0, 2, 40, 16], True, True]}
 
 
-def test_the_gluon_wrapper_hands_the_copy_engine_aligned_inputs(tmp_path, specs):
+def test_the_gluon_wrapper_hands_the_copy_engine_what_it_can_read(tmp_path, specs):
     """The Gluon kernel runs on Hopper only; here its wrapper runs on the CPU up to the launch, which records the
-    tensor descriptors it is given instead of running. A misaligned contiguous slice and a transposed view each
-    reach the descriptor as an aligned contiguous copy with the same values; an aligned contiguous input goes
-    through as it is."""
+    tensor descriptors it is given instead of running. A model's transposed projection and heads of a fused one
+    reach the descriptors as they are; a misaligned slice and an expanded batch as aligned contiguous copies with
+    the same values."""
     source = builtin_kernel(specs / "noop.py", KernelConfig(128, 128, 4, 2, gluon=True))
-    found = run_interpreted(source, MISALIGNED + """        bases = []
+    found = run_interpreted(source, LAYOUTS + """
+        bases = []
 
         class RecordedLaunch:
             def __getitem__(self, grid):
                 return lambda *args, **kwargs: bases.extend(d.base for d in args[:3])
 
         module._attn_fwd = RecordedLaunch()
-        inputs = {"misaligned": off_a_16_byte_boundary(1, 2, 64, 64),
-                  "transposed": torch.randn(1, 64, 2, 64, dtype=torch.float16).transpose(1, 2),
-                  "aligned": torch.randn(1, 2, 64, 64, dtype=torch.float16)}
-        report = {}
-        for name, t in inputs.items():
+        report = {{}}
+        for name in {names!r}:
+            inputs = laid_out(name)
             bases.clear()
-            module.attention(t, t, t)
-            report[name] = {"aligned": [b.data_ptr() % 16 == 0 and b.is_contiguous() for b in bases],
-                            "same_values": [torch.equal(b, t) for b in bases],
-                            "same_memory": [b.data_ptr() == t.data_ptr() for b in bases]}
+            module.attention(*inputs)
+            report[name] = {{"in_place": [b is t for b, t in zip(bases, inputs)],
+                            "aligned_copy": [b.data_ptr() % 16 == 0 and b.is_contiguous() and torch.equal(b, t)
+                                             for b, t in zip(bases, inputs)]}}
         print(json.dumps(report))
-    """, tmp_path)
-    for name in ("misaligned", "transposed", "aligned"):
-        assert found[name]["aligned"] == [True] * 3 and found[name]["same_values"] == [True] * 3, name
-    assert found["misaligned"]["same_memory"] == found["transposed"]["same_memory"] == [False] * 3
-    assert found["aligned"]["same_memory"] == [True] * 3
+    """.format(names=list(IN_PLACE)), tmp_path)
+    for name, in_place in IN_PLACE.items():
+        assert found[name]["in_place"] == [in_place] * 3, name
+        assert in_place or found[name]["aligned_copy"] == [True] * 3, name
 
 
 def block_map_of(source: str, tmp_path: Path, n: int, row: int) -> dict:

@@ -2,8 +2,6 @@
 launch counts, score-sized allocations, illegal memory access). Skipped without CUDA."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -285,24 +283,30 @@ def test_a_dilated_mask_with_a_score_mod_reading_a_buffer_runs_class_by_class(tm
 
 @hopper
 @pytest.mark.parametrize("config", ["BM64 BN128 w4 s2 tma", "BM128 BN128 w4 s3 gluon persistent"])
-def test_the_descriptor_kernels_take_inputs_that_start_off_a_16_byte_boundary(specs, tmp_path, config):
-    """The copy engine refuses a start that is not 16-byte aligned, and t.contiguous() hands a contiguous slice back
-    as it is: the built-in descriptor and Gluon kernels copy such inputs to fresh memory. Causal at a ragged length,
-    on contiguous slices 2 bytes off the boundary, against the float64 reference."""
+@pytest.mark.parametrize("layout", ["misaligned", "transposed", "fused heads"])
+def test_the_descriptor_kernels_on_the_layouts_models_hand_over(specs, tmp_path, config, layout):
+    """The built-in descriptor and Gluon kernels read a model's transposed projection and a fused projection's
+    heads in place (the descriptors take the strides), and copy an input that starts off a 16-byte boundary (the
+    copy engine refuses it; t.contiguous() would hand it back as it is). Causal at a ragged length, against the
+    float64 reference."""
     from verifier.reference import exact
     from verifier.spec import load_spec
 
     path = specs / "causal.py"
     module = load_module(builtin_source(str(path), config), tmp_path)
-    shape = Shape(2, 8, 8, 1000, 1000, 64)
+    B, H, S, D = 2, 8, 1000, 64
 
-    def off_the_boundary(s):
-        return torch.randn(1 + math.prod(s), device="cuda", dtype=torch.bfloat16)[1:].view(s)
+    def laid_out():
+        if layout == "misaligned":
+            return torch.randn(1 + B * H * S * D, device="cuda", dtype=torch.bfloat16)[1:].view(B, H, S, D)
+        if layout == "transposed":
+            return torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        return torch.randn(B, S, 3 * H, D, device="cuda", dtype=torch.bfloat16)[:, :, H:2 * H].transpose(1, 2)
 
-    q, k, v = (off_the_boundary(s) for s in (shape.q_shape, shape.kv_shape, shape.kv_shape))
-    assert q.is_contiguous() and q.data_ptr() % 16 == 2
+    q, k, v = laid_out(), laid_out(), laid_out()
+    assert (module._copy_engine_ready(q) is q) == (layout != "misaligned")
     o = module.attention(q, k, v)
-    expected = exact(q, k, v, load_spec(SpecFiles(mask_path=str(path))), None, shape)
+    expected = exact(q, k, v, load_spec(SpecFiles(mask_path=str(path))), None, Shape(B, H, H, S, S, D))
     assert (o.double() - expected).abs().max().item() < 2e-2
 
 
