@@ -411,6 +411,63 @@ def test_the_builtin_kernels_take_problems_with_a_dimension_of_0(tmp_path, specs
                      "no batch": [[0, 2, 40, 16], True, True]}
 
 
+@pytest.mark.parametrize("spec", ["noop", "causal"])
+def test_the_pointer_kernel_reaches_batch_elements_past_2_to_the_31_elements(tmp_path, specs, spec):
+    """q, k and v may hold more than 2**31 elements: the kernel's batch and head offsets are 64-bit (32-bit
+    products wrap, and the interpreter, like the GPU, then reads far outside the tensors: it crashed). Here three
+    batch elements lie 2**30 + 64 elements apart in one buffer (virtual memory; only the rows written are backed),
+    so the third starts past 2**31; the output agrees with the float64 reference."""
+    source = builtin_kernel(specs / f"{spec}.py")
+    found = run_interpreted(source, """
+        B, H, S, D = 3, 1, 16, 16
+        far = 2**30 + 64
+        memory = torch.empty((B - 1) * far + 3 * H * S * D, dtype=torch.float16)
+        q, k, v = (memory.as_strided((B, H, S, D), (far, S * D, D, 1), i * H * S * D) for i in range(3))
+        for t in (q, k, v):
+            t.copy_(torch.randn(B, H, S, D, dtype=torch.float16))
+        o = module.attention(q, k, v)
+        torch.save([t.clone() for t in (q, k, v, o)], {path!r})
+        print(json.dumps({{"third_batch_start": q[2].storage_offset()}}))
+    """.format(path=str(tmp_path / "case.pt")), tmp_path)
+    assert found["third_batch_start"] > 2**31
+    q, k, v, o = torch.load(tmp_path / "case.pt")
+    spec_functions = load_spec(SpecFiles(str(specs / f"{spec}.py")))
+    expected = exact(q, k, v, spec_functions, None, Shape(3, 1, 1, 16, 16, 16))
+    assert (o.double() - expected).abs().max().item() < 1e-2
+
+
+@pytest.mark.parametrize("cfg", [CONFIG, replace(CONFIG, tma=True)], ids=["pointers", "descriptors"])
+@pytest.mark.parametrize("spec", ["noop", "causal"])
+def test_the_triton_kernel_launches_one_grid_axis(tmp_path, specs, spec, cfg):
+    """CUDA allows 65535 programs on a grid's second and third axes: a decode batch of 1040 with 64 heads (B * H =
+    66560) put there would not launch. The attention kernel and the block map take one axis, whatever B * H; their
+    launches are recorded here instead of run (the interpreter knows no such limit)."""
+    source = builtin_kernel(specs / f"{spec}.py", cfg)
+    found = run_interpreted(source, """
+        grids = {}
+
+        class RecordedLaunch:
+            def __init__(self, name):
+                self.name = name
+
+            def __getitem__(self, grid):
+                grids[self.name] = list(grid)
+                return lambda *args, **kwargs: None
+
+        module._attn_fwd = RecordedLaunch("attention")
+        if hasattr(module, "_block_map"):
+            module._block_map = RecordedLaunch("block map")
+        q = torch.randn(1040, 64, 1, 16, dtype=torch.float16)
+        k = v = torch.randn(1040, 64, 16, 16, dtype=torch.float16)
+        module.attention(q, k, v)
+        print(json.dumps(grids))
+    """, tmp_path)
+    expected = {"attention": [1040 * 64]}
+    if spec == "causal":  # it reads neither batch nor head: one block map row per query block, one program here
+        expected["block map"] = [1]
+    assert found == expected
+
+
 def test_the_gluon_wrapper_hands_the_copy_engine_what_it_can_read(tmp_path, specs):
     """The Gluon kernel runs on Hopper only; here its wrapper runs on the CPU up to the launch, which records the
     tensor descriptors it is given instead of running. A model's transposed projection and heads of a fused one

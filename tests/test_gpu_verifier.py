@@ -310,6 +310,43 @@ def test_the_descriptor_kernels_on_the_layouts_models_hand_over(specs, tmp_path,
     assert (o.double() - expected).abs().max().item() < 2e-2
 
 
+@pytest.mark.parametrize("config", ["BM64 BN64 w4 s3", pytest.param("BM64 BN128 w4 s2 tma", marks=hopper)])
+@pytest.mark.parametrize("spec", ["noop", "causal"])
+def test_the_triton_kernel_on_a_decode_batch_of_more_than_65535_heads(specs, tmp_path, config, spec):
+    """B * H = 66560 (a decode batch of 1040 with 64 heads): more programs than a grid's second axis takes. The
+    kernel launches one axis; one query over 200 keys, against the float64 reference."""
+    from verifier.reference import exact
+    from verifier.spec import load_spec
+
+    path = specs / f"{spec}.py"
+    module = load_module(builtin_source(str(path), config), tmp_path)
+    shape = Shape(1040, 64, 64, 1, 200, 64)
+    q, k, v = (torch.randn(*s, device="cuda", dtype=torch.bfloat16) for s in (shape.q_shape, shape.kv_shape,
+                                                                              shape.kv_shape))
+    o = module.attention(q, k, v)
+    expected = exact(q, k, v, load_spec(SpecFiles(str(path))), None, shape)
+    assert (o.double() - expected).abs().max().item() < 2e-2
+
+
+def test_the_pointer_kernel_reaches_batch_elements_past_2_to_the_31_elements(specs, tmp_path):
+    """Three batch elements 2**30 + 64 elements apart in one buffer (4 GiB): the third starts past 2**31, where
+    32-bit offsets wrap. The pointer kernel's batch and head offsets are 64-bit."""
+    from verifier.reference import exact
+    from verifier.spec import load_spec
+
+    path = specs / "causal.py"
+    module = load_module(builtin_source(str(path), "BM64 BN64 w4 s3"), tmp_path)
+    B, H, S, D = 3, 2, 256, 64
+    far = 2**30 + 64
+    memory = torch.empty((B - 1) * far + 3 * H * S * D, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (memory.as_strided((B, H, S, D), (far, S * D, D, 1), i * H * S * D) for i in range(3))
+    for t in (q, k, v):
+        t.copy_(torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16))
+    o = module.attention(q, k, v)
+    expected = exact(q, k, v, load_spec(SpecFiles(str(path))), None, Shape(B, H, H, S, S, D))
+    assert (o.double() - expected).abs().max().item() < 2e-2
+
+
 def mask_for_gluon(tmp_path, name: str):
     """One of MASKS_FOR_GLUON written as a spec file, and a verifier for it on a GQA shape with ragged lengths."""
     path = tmp_path / f"{name}.py"
