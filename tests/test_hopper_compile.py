@@ -69,11 +69,13 @@ def test_warp_specialization_changes_nothing_on_hopper_with_the_pinned_triton(ca
 
 def test_tanh_is_one_special_function_instruction_on_hopper(specs):
     """softcap's tanh compiles to the GPU's MUFU.TANH (the interpreter runs the exact form instead), and the
-    output's normalisation is one reciprocal per row, not a division per element."""
+    output's normalisation is one reciprocal per row, not a division per element (64 a thread here). The other
+    reciprocals are the integer divisions that split the program id into query block, batch and head (by runtime
+    counts): 4 in all before the grid became one axis, 5 since."""
     report = compile_builtin(str(specs / "softcap.py"), KernelConfig(128, 128, 8, 3, tma=True), head_dim=128)
     functions = report["special_function_instructions"]
     assert functions["TANH"] == functions["EX2"] - 2  # one per score; the two extra exp2 rescale the row sums
-    assert functions.get("RCP", 0) <= 4
+    assert functions.get("RCP", 0) <= 5
 
 
 @pytest.mark.parametrize("spec, cfg, head_dim", [
