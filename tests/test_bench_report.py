@@ -208,3 +208,23 @@ def test_shapes_are_read_with_and_without_gqa():
     for bad in ("2x16x8192", "2x16/x8192x128", "2x16x4x8192x128"):
         with pytest.raises(ValueError, match="BxH/HKVxNxD"):
             parse_shape(bad)
+
+
+def test_sharded_tests_deal_every_test_once_and_report_the_sum(tmp_path):
+    """scripts/sharded_tests.py: tests dealt round-robin to processes run at once, the totals summed from their
+    JUnit files, and the exit status 1 when any shard has a failure."""
+    tests = tmp_path / "test_sample.py"
+    tests.write_text("import pytest\n\n"
+                     "@pytest.mark.parametrize('i', range(5))\ndef test_passes(i):\n    assert i >= 0\n\n"
+                     "def test_fails():\n    assert 1 == 2\n\n"
+                     "@pytest.mark.skip(reason='a skip')\ndef test_skipped():\n    pass\n")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "3", "--out",
+                             str(out), "--", str(tests), "-p", "no:cacheprovider"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3 shard(s): 1 failures, 0 errors, 1 skipped, 5 passed of 7" in result.stdout
+    from scripts.sharded_tests import totals
+
+    assert [totals(out / f"shard{i}.xml")["tests"] for i in range(3)] == [3, 2, 2]  # 7 dealt round-robin
+    assert "test_fails" in "".join((out / f"shard{i}.log").read_text() for i in range(3))

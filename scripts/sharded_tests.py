@@ -1,0 +1,75 @@
+"""Run a test file's tests in several pytest processes at once, each its own share, and report them together.
+
+The GPU tests (tests/test_gpu_verifier.py) take longer than one device call allows when run one after another,
+and most of their time is compiling and verifying on the host: 4 processes on one GPU finish them in about a
+third of the time. Each shard collects the same tests and keeps its share, dealt round-robin in collection order
+(this module is also the pytest plugin that deals them); each writes its log and JUnit file to --out; the exit
+status is 0 only if every shard passed (or had nothing to run).
+
+    python scripts/sharded_tests.py --shards 4 --out $OUT -- tests/test_gpu_verifier.py -p no:logging
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARD_VARIABLE = "KGEN_SHARD"
+
+
+def pytest_collection_modifyitems(config, items):
+    """As a pytest plugin (-p scripts.sharded_tests) in shard i of n (KGEN_SHARD="i/n"): keep every n-th test from
+    the i-th, round-robin in collection order, so that each shard gets some of every parametrized family (their
+    costs differ)."""
+    shard = os.environ.get(SHARD_VARIABLE)
+    if shard:
+        i, n = map(int, shard.split("/"))
+        keep = items[i::n]
+        kept = {id(item) for item in keep}
+        config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
+        items[:] = keep
+
+
+def totals(junit: Path) -> dict[str, int]:
+    suite = ElementTree.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--out", type=Path, required=True, help="folder for each shard's log and JUnit file")
+    parser.add_argument("pytest_args", nargs="+", help="after --: the test file(s) and pytest options")
+    args = parser.parse_args(argv)
+    if args.shards < 1:
+        parser.error("--shards must be 1 or more")
+    args.out.mkdir(parents=True, exist_ok=True)
+    running = []
+    for i in range(args.shards):
+        log = open(args.out / f"shard{i}.log", "w")
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "scripts.sharded_tests",
+                   f"--junitxml={args.out / f'shard{i}.xml'}", *args.pytest_args]
+        env = {**os.environ, SHARD_VARIABLE: f"{i}/{args.shards}"}
+        running.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    codes = []
+    for process, log in running:
+        codes.append(process.wait())
+        log.close()
+    summed: dict[str, int] = {}
+    for i in range(len(running)):
+        for key, n in totals(args.out / f"shard{i}.xml").items():
+            summed[key] = summed.get(key, 0) + n
+    print(f"{len(running)} shard(s): " + ", ".join(f"{n} {key}" for key, n in summed.items() if key != "tests")
+          + f" of {summed.get('tests', 0)}; exit codes {codes}; logs in {args.out}")
+    return 0 if all(code in (0, 5) for code in codes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
