@@ -1,10 +1,10 @@
 """Run a test file's tests in several pytest processes at once, each its own share, and report them together.
 
 The GPU tests (tests/test_gpu_verifier.py) take longer than one device call allows when run one after another,
-and most of their time is compiling and verifying on the host: 4 processes on one GPU finish them in about a
-third of the time. Each shard collects the same tests and keeps its share, dealt round-robin in collection order
-(this module is also the pytest plugin that deals them); each writes its log and JUnit file to --out; the exit
-status is 0 only if every shard passed (or had nothing to run).
+and much of their time is compiling and checking on the host: several processes on one GPU overlap it. Each
+shard collects the same tests and keeps its share, dealt round-robin in collection order (this module is also
+the pytest plugin that deals them); each writes its log and JUnit file to --out; the exit status is 0 only if
+every shard passed (or had nothing to run).
 
     python scripts/sharded_tests.py --shards 4 --out $OUT -- tests/test_gpu_verifier.py -p no:logging
 """
