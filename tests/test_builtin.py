@@ -366,6 +366,17 @@ LAYOUTS = MISALIGNED + """
                 return [torch.randn(1, 2, 40, 16, dtype=torch.float16).expand(2, 2, 40, 16) for _ in range(3)]
             return [torch.randn(2, 2, 40, 16, dtype=torch.float16) for _ in range(3)]
 """
+# Stands in for a @triton.jit kernel in the scripts below: each launch's grid and arguments are recorded, not run
+RECORDED_LAUNCHES = """
+        launches = {}
+
+        class RecordedLaunch:
+            def __init__(self, name):
+                self.name = name
+
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: launches.__setitem__(self.name, (list(grid), args))
+"""
 IN_PLACE = {"aligned": True, "transposed": True, "fused heads": True, "misaligned": False, "expanded": False}
 
 
@@ -443,24 +454,14 @@ def test_the_triton_kernel_launches_one_grid_axis(tmp_path, specs, spec, cfg):
     66560) put there would not launch. The attention kernel and the block map take one axis, whatever B * H; their
     launches are recorded here instead of run (the interpreter knows no such limit)."""
     source = builtin_kernel(specs / f"{spec}.py", cfg)
-    found = run_interpreted(source, """
-        grids = {}
-
-        class RecordedLaunch:
-            def __init__(self, name):
-                self.name = name
-
-            def __getitem__(self, grid):
-                grids[self.name] = list(grid)
-                return lambda *args, **kwargs: None
-
+    found = run_interpreted(source, RECORDED_LAUNCHES + """
         module._attn_fwd = RecordedLaunch("attention")
         if hasattr(module, "_block_map"):
             module._block_map = RecordedLaunch("block map")
         q = torch.randn(1040, 64, 1, 16, dtype=torch.float16)
         k = v = torch.randn(1040, 64, 16, 16, dtype=torch.float16)
         module.attention(q, k, v)
-        print(json.dumps(grids))
+        print(json.dumps({name: grid for name, (grid, _) in launches.items()}))
     """, tmp_path)
     expected = {"attention": [1040 * 64]}
     if spec == "causal":  # it reads neither batch nor head: one block map row per query block, one program here
@@ -474,19 +475,13 @@ def test_the_gluon_wrapper_hands_the_copy_engine_what_it_can_read(tmp_path, spec
     reach the descriptors as they are; a misaligned slice and an expanded batch as aligned contiguous copies with
     the same values."""
     source = builtin_kernel(specs / "noop.py", KernelConfig(128, 128, 4, 2, gluon=True))
-    found = run_interpreted(source, LAYOUTS + """
-        bases = []
-
-        class RecordedLaunch:
-            def __getitem__(self, grid):
-                return lambda *args, **kwargs: bases.extend(d.base for d in args[:3])
-
-        module._attn_fwd = RecordedLaunch()
+    found = run_interpreted(source, LAYOUTS + RECORDED_LAUNCHES + """
+        module._attn_fwd = RecordedLaunch("attention")
         report = {{}}
         for name in {names!r}:
             inputs = laid_out(name)
-            bases.clear()
             module.attention(*inputs)
+            bases = [d.base for d in launches["attention"][1][:3]]  # the q, k and v descriptors
             report[name] = {{"in_place": [b is t for b, t in zip(bases, inputs)],
                             "aligned_copy": [b.data_ptr() % 16 == 0 and b.is_contiguous() and torch.equal(b, t)
                                              for b, t in zip(bases, inputs)]}}
