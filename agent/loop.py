@@ -229,8 +229,16 @@ def best_header(run_id: str, verifier: Verifier, attempt: Attempt) -> str:
               # what the suite varies and what it does not: `kgen export` guards the rest, this file does not
               f"checked on q, k, v laid out {layouts_tried(verifier.suite)}, at head_dim {top.head_dim} with "
               f"{top.group} query head(s) per key/value head, shapes up to {top.label()}",
+              _past_limits_tried(verifier.suite),
               "contract: attention(q, k, v, *, scale=None, **buffers) -> o"]
     return "".join(f"# {line}\n" for line in lines if line)
+
+
+def _past_limits_tried(suite: list[Trial]) -> str:
+    past = next((t for t in suite if t.sample), None)  # (verifier.past_limits: the one sampled trial)
+    return "" if past is None else (f"and past the index limits, at {past.shape.label()} (more than 65535 batch x "
+                                    f"heads, more than 2**31 elements), its output compared at {len(past.sample)} "
+                                    f"heads")
 
 
 def layouts_tried(suite: list[Trial]) -> str:

@@ -160,18 +160,27 @@ def test_two_launches_are_fine_unless_a_single_kernel_is_required():
 
 def test_integrity_flags_a_record_with_a_score_sized_allocation():
     record = {"trial": "t00", "observations": [], "largest_allocation": 1 << 22}
-    assert probes.integrity([record], False, scores_bytes=1 << 23).ok
-    result = probes.integrity([record], False, scores_bytes=1 << 22)
+    assert probes.integrity([record], False, scores_bytes={"t00": 1 << 23}).ok
+    result = probes.integrity([record], False, scores_bytes={"t00": 1 << 22})
     assert (result.reason, result.stage) == ("materialized_scores", "integrity")
+
+
+def test_the_score_sized_threshold_is_each_trials_own():
+    """A trial larger than the target (past the index limits) may allocate its own, larger output."""
+    records = [{"trial": "t00", "observations": [], "largest_allocation": 1 << 22},
+               {"trial": "t17", "observations": [], "largest_allocation": 1 << 32}]
+    assert probes.integrity(records, False, scores_bytes={"t00": 1 << 23, "t17": 1 << 35}).ok
+    result = probes.integrity(records, False, scores_bytes={"t00": 1 << 23, "t17": 1 << 32})
+    assert result.reason == "materialized_scores" and result.message.startswith("t17:")
 
 
 def test_integrity_priority_and_leftover_processes():
     record = {"trial": "t00", "observations": [{"code": "uninitialized_output", "message": "m"},
                                                {"code": "output_aliases_input", "message": "a"}]}
     result = probes.integrity([record, {"tamper": {"changed_functions": [], "new_threads": 0, "audit": []}}],
-                              False, 1 << 30)
+                              False, {"t00": 1 << 30})
     assert result.reason == "output_aliases_input" and "uninitialized_output" in result.message
-    assert probes.integrity([{"trial": "t00", "observations": []}], True, 1 << 30).reason == "tampering"
+    assert probes.integrity([{"trial": "t00", "observations": []}], True, {"t00": 1 << 30}).reason == "tampering"
 
 
 def timed(ms: float, wall_ms: float) -> dict:

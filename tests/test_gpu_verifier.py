@@ -50,6 +50,24 @@ def test_good_kernel_is_accepted_and_timed(gpu_verifier, spec, score, mask):
     [kernel] = [k for k in m.compiled if k["name"] == "_attn_fwd"]  # the compiler report, as loaded on the GPU
     assert 0 < kernel["registers"] <= 255 and kernel["spills"] >= 0 and kernel["shared_bytes"] > 0
     assert kernel["variants"] >= 2  # the suite's ragged and whole key lengths, fp16 as well as bf16
+    past = [t for t in verdict.stages[3].details["trials"] if "past the index limits" in t["purpose"]]
+    assert len(past) == 1 and past[0]["ok"]  # right at the heads either side of 65535 and of 2**31 elements
+
+
+@pytest.mark.parametrize("variant", ["heads_on_axis_1", "int32_offsets"])
+def test_a_kernel_that_fails_past_the_index_limits_is_rejected_on_that_trial_alone(gpu_verifier, variant):
+    """Batch x heads on the grid's second axis (at most 65535 programs), or batch and head offsets in 32 bits:
+    right at every target-sized trial, wrong past the limits."""
+    v = gpu_verifier()
+    [past] = [t for t in v.suite if t.sample]
+    verdict = v.verify(flash_source(variant=variant, bm=64, bn=64))
+    assert not verdict.accepted
+    if verdict.failed_stage.stage == "numerics":
+        failed = [t["trial"] for t in verdict.failed_stage.details["trials"] if not t["ok"]]
+        assert failed == [past.id], verdict.message
+    else:  # the launch refused, or the wrapped offsets fault
+        assert verdict.failed_stage.stage == "run" and f"'{past.id} (past the index limits" in verdict.message, \
+            verdict.message
 
 
 def test_the_report_counts_spilled_registers(gpu_verifier):

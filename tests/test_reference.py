@@ -91,7 +91,7 @@ def test_chunking_gives_the_same_answer(specs, monkeypatch, name):
     whole = reference.exact(q, k, v, spec, None, shape), reference.straightforward(q, k, v, spec, None, shape)
     # room for 3 rows of scores per chunk: 17 chunks, the last one short
     monkeypatch.setitem(reference.CHUNK_BYTES, "cpu", 3 * shape.batch * shape.heads * shape.kv_seq_len * 8)
-    assert reference._chunk_rows(shape, torch.float64, "cpu") == 3
+    assert reference._chunk_rows(shape.batch * shape.heads, shape.kv_seq_len, torch.float64, "cpu") == 3
     chunked = reference.exact(q, k, v, spec, None, shape), reference.straightforward(q, k, v, spec, None, shape)
     torch.testing.assert_close(chunked[0], whole[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(chunked[1], whole[1], rtol=2**-10, atol=1e-4)  # fp32 matmuls: a ulp of fp16 at most

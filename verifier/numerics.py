@@ -13,7 +13,7 @@ import torch
 
 from verifier import reference
 from verifier.spec import Spec
-from verifier.suite import Trial, make_inputs
+from verifier.suite import Trial, make_inputs, sampled_inputs
 from verifier.verdict import StageResult
 
 FACTOR = 4.0  # how many times the dtype's own error a kernel may make
@@ -49,10 +49,21 @@ def tolerance(dtype_error: float, ref_max: float, dtype: torch.dtype) -> float:
 
 
 def check_trial(trial: Trial, out: torch.Tensor, spec: Spec, dtype: torch.dtype, device: str) -> TrialCheck:
-    q, k, v = make_inputs(trial, dtype, device)
-    exact = reference.exact(q, k, v, spec, trial.scale, trial.shape)
-    plain = reference.straightforward(q, k, v, spec, trial.scale, trial.shape)
-    return compare(trial, out.to(device), exact, plain)
+    """`out` is the whole output, or for a sampled trial the sampled heads' rows ([n, 1, Sq, D], in order)."""
+    heads = None
+    if trial.sample:
+        q, k, v = sampled_inputs(trial, dtype, device)
+        heads = tuple([pair[i] for pair in trial.sample] for i in (0, 1))
+    else:
+        q, k, v = make_inputs(trial, dtype, device)
+    exact = reference.exact(q, k, v, spec, trial.scale, trial.shape, heads)
+    plain = reference.straightforward(q, k, v, spec, trial.scale, trial.shape, heads)
+    if tuple(out.shape) != tuple(exact.shape):  # the child saves what it was told to; a mismatch is ours
+        raise ValueError(f"{trial.id}: output of shape {tuple(out.shape)} saved, {tuple(exact.shape)} expected")
+    check = compare(trial, out.to(device), exact, plain)
+    if trial.sample:  # name the head as the problem numbers it, not by its place in the sample
+        check.worst["batch"], check.worst["head"] = trial.sample[check.worst["batch"]]
+    return check
 
 
 def matching_trial(trials: list[Trial], output_path: str, spec: Spec, dtype: torch.dtype,

@@ -14,13 +14,14 @@ PRIORITY = ("tampering", "snooping", "forbidden_call", "side_stream", "bad_outpu
 DTOH_ALLOWED_BYTES = 1024  # a scalar or two read back (e.g. .item() on a length) is tolerated
 
 
-def integrity(records: list[dict], leftover_processes: bool, scores_bytes: float) -> StageResult:
-    """Stage result from the check run's per-trial observations and its final tamper record."""
+def integrity(records: list[dict], leftover_processes: bool, scores_bytes: dict[str, float]) -> StageResult:
+    """Stage result from the check run's per-trial observations and its final tamper record. `scores_bytes`: for
+    each trial, an allocation that large can only be (a big share of) the scores."""
     findings: list[tuple[str, str]] = []
     for record in records:
         for obs in record.get("observations", []):
             findings.append((obs["code"], f"{record.get('trial', '')}: {obs['message']}"))
-        if record.get("largest_allocation", 0) >= scores_bytes > 0:
+        if record.get("largest_allocation", 0) >= scores_bytes.get(record.get("trial"), 0) > 0:
             findings.append(("materialized_scores", f"{record['trial']}: one allocation of "
                              f"{record['largest_allocation'] / 2**20:.1f} MiB, on the order of the Sq x Skv scores; "
                              f"keep scores in registers, block by block"))

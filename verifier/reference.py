@@ -14,32 +14,35 @@ from verifier.spec import Spec, index_grid
 CHUNK_BYTES = {"cuda": 1 << 29, "cpu": 1 << 27}  # score bytes per chunk; temporaries take a few more
 
 
-def exact(q, k, v, spec: Spec, scale: float | None, shape) -> torch.Tensor:
-    """float64 attention: the truth a candidate is compared against."""
-    return _attend(q, k, v, spec, scale, shape, torch.float64, round_p_to=None)
+def exact(q, k, v, spec: Spec, scale: float | None, shape, heads=None) -> torch.Tensor:
+    """float64 attention: the truth a candidate is compared against. With `heads` (batch and head index vectors,
+    verifier.suite.sampled_inputs), q, k and v are [n, 1, S, D]: those heads of `shape`, k and v the ones each
+    reads."""
+    return _attend(q, k, v, spec, scale, shape, torch.float64, round_p_to=None, heads=heads)
 
 
-def straightforward(q, k, v, spec: Spec, scale: float | None, shape) -> torch.Tensor:
+def straightforward(q, k, v, spec: Spec, scale: float | None, shape, heads=None) -> torch.Tensor:
     """What a careful kernel computes in the input dtype: fp32 scores and softmax, P rounded to the
     input dtype before P@V, output rounded. Its error against `exact` is the error the dtype forces."""
-    o = _attend(q, k, v, spec, scale, shape, torch.float32, round_p_to=q.dtype)
+    o = _attend(q, k, v, spec, scale, shape, torch.float32, round_p_to=q.dtype, heads=heads)
     return o.to(q.dtype)
 
 
-def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to) -> torch.Tensor:
+def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to, heads=None) -> torch.Tensor:
     scale = 1.0 / math.sqrt(shape.head_dim) if scale is None else scale
     device = q.device
-    k = k.to(compute).repeat_interleave(shape.group, dim=1)
-    v = v.to(compute).repeat_interleave(shape.group, dim=1)
-    out = torch.empty(shape.q_shape, dtype=compute, device=device)
+    group = shape.group if heads is None else 1  # sampled heads come with their own k and v
+    k = k.to(compute).repeat_interleave(group, dim=1)
+    v = v.to(compute).repeat_interleave(group, dim=1)
+    out = torch.empty(q.shape, dtype=compute, device=device)
     buffers = {n: t.to(device) for n, t in spec.buffers.items()}
-    rows = _chunk_rows(shape, compute, device.type)
+    rows = _chunk_rows(q.shape[0] * q.shape[1], shape.kv_seq_len, compute, device.type)
     with torch.no_grad(), buffers_on(spec, buffers):
         for start in range(0, shape.seq_len, rows):
             stop = min(start + rows, shape.seq_len)
             q_rows = torch.arange(start, stop, device=device)
             s = torch.matmul(q[:, :, start:stop].to(compute), k.transpose(-1, -2)) * scale
-            s = scores_after_mods(s, spec, shape, q_rows)
+            s = scores_after_mods(s, spec, shape, q_rows, heads)
             m = s.amax(dim=-1, keepdim=True)
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with every key masked
             p = torch.exp(s - m)
@@ -51,9 +54,9 @@ def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to)
     return out
 
 
-def scores_after_mods(s: torch.Tensor, spec: Spec, shape, q_rows: torch.Tensor) -> torch.Tensor:
-    """score_mod, then mask_mod (masked = -inf), for a chunk of query rows."""
-    b, h, qi, kv = index_grid(shape, q_rows, s.device)
+def scores_after_mods(s: torch.Tensor, spec: Spec, shape, q_rows: torch.Tensor, heads=None) -> torch.Tensor:
+    """score_mod, then mask_mod (masked = -inf), for a chunk of query rows (of the heads given, or all)."""
+    b, h, qi, kv = index_grid(shape, q_rows, s.device, heads=heads)
     if spec.score_mod is not None:
         s = torch.broadcast_to(spec.score_mod(s, b, h, qi, kv), s.shape).to(s.dtype)
     if spec.mask_mod is not None:
@@ -67,7 +70,7 @@ def mask_density(spec: Spec, shape, device: str = "cpu") -> float:
     if spec.mask_mod is None:
         return 1.0
     kept = 0
-    rows = _chunk_rows(shape, torch.bool, device)
+    rows = _chunk_rows(shape.batch * shape.heads, shape.kv_seq_len, torch.bool, device)
     with torch.no_grad(), buffers_on(spec, {n: t.to(device) for n, t in spec.buffers.items()}):
         for start in range(0, shape.seq_len, rows):
             q_rows = torch.arange(start, min(start + rows, shape.seq_len), device=device)
@@ -78,9 +81,10 @@ def mask_density(spec: Spec, shape, device: str = "cpu") -> float:
     return kept / (shape.batch * shape.heads * shape.seq_len * shape.kv_seq_len)
 
 
-def _chunk_rows(shape, dtype: torch.dtype, device_type: str) -> int:
-    per_row = shape.batch * shape.heads * shape.kv_seq_len * torch.empty((), dtype=dtype).element_size()
-    return max(1, min(shape.seq_len, CHUNK_BYTES[device_type] // per_row))
+def _chunk_rows(heads: int, kv_seq_len: int, dtype: torch.dtype, device_type: str) -> int:
+    """Query rows a chunk: the scores of every head for that many rows fit CHUNK_BYTES."""
+    per_row = heads * kv_seq_len * torch.empty((), dtype=dtype).element_size()
+    return max(1, CHUNK_BYTES[device_type] // per_row)
 
 
 class buffers_on:

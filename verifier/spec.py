@@ -213,10 +213,14 @@ def _add_buffer(name: str, tensor: torch.Tensor, buffers: dict, fn: Callable) ->
     buffers[name] = tensor  # the very object the functions read, so it can be swapped for a device copy
 
 
-def index_grid(shape, q_rows: torch.Tensor, device, kv: torch.Tensor | None = None):
-    """b, h, q_idx, kv_idx as int32 tensors that broadcast to [B, H, len(q_rows), Skv]."""
-    b = torch.arange(shape.batch, device=device, dtype=torch.int32).view(-1, 1, 1, 1)
-    h = torch.arange(shape.heads, device=device, dtype=torch.int32).view(1, -1, 1, 1)
+def index_grid(shape, q_rows: torch.Tensor, device, kv: torch.Tensor | None = None, heads=None):
+    """b, h, q_idx, kv_idx as int32 tensors that broadcast to [B, H, len(q_rows), Skv]; with `heads`, a pair of
+    batch and head index vectors of one length n, to [n, 1, len(q_rows), Skv] (those heads only)."""
+    if heads is None:
+        b = torch.arange(shape.batch, device=device, dtype=torch.int32).view(-1, 1, 1, 1)
+        h = torch.arange(shape.heads, device=device, dtype=torch.int32).view(1, -1, 1, 1)
+    else:
+        b, h = (torch.as_tensor(i, device=device, dtype=torch.int32).view(-1, 1, 1, 1) for i in heads)
     q = q_rows.to(device=device, dtype=torch.int32).view(1, 1, -1, 1)
     if kv is None:
         kv = torch.arange(shape.kv_seq_len, device=device, dtype=torch.int32)
@@ -236,6 +240,24 @@ def validate_on_shape(spec: Spec, shape) -> None:
     if spec.mask_mod is not None:
         out = _evaluate(spec, "mask_mod", b, h, q, kv)
         _check_result(spec, "mask_mod", out, full, floating=False)
+
+
+def covers(spec: Spec, shape) -> bool:
+    """Do the functions evaluate at the shape's first and last batch, head, query and key (its captured buffers
+    indexed within their ends)? Cheap at any size: only those indices are evaluated."""
+    def ends(n: int, view: tuple) -> torch.Tensor:
+        return torch.tensor(sorted({0, n - 1}), dtype=torch.int32).view(view)
+
+    b, h = ends(shape.batch, (-1, 1, 1, 1)), ends(shape.heads, (1, -1, 1, 1))
+    q, kv = ends(shape.seq_len, (1, 1, -1, 1)), ends(shape.kv_seq_len, (1, 1, 1, -1))
+    try:
+        if spec.score_mod is not None:
+            _evaluate(spec, "score_mod", torch.zeros((), dtype=torch.float64), b, h, q, kv)
+        if spec.mask_mod is not None:
+            _evaluate(spec, "mask_mod", b, h, q, kv)
+    except SpecError:
+        return False
+    return True
 
 
 def _evaluate(spec: Spec, role: str, *args):

@@ -39,13 +39,17 @@ class Trial:
     repeat_of: str | None = None  # the id of an earlier trial with the very same inputs (a determinism check)
     # how q, k and v lie in memory (LAYOUTS): the values are the same in each
     layout: str = "contiguous"
+    # the (batch, head) pairs whose output is compared, for a trial too large to move or check whole
+    # (verifier.past_limits); empty: every one
+    sample: tuple[tuple[int, int], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Trial":
-        return cls(**{**data, "shape": Shape(**data["shape"])})
+        return cls(**{**data, "shape": Shape(**data["shape"]),
+                      "sample": tuple(tuple(pair) for pair in data.get("sample", ()))})
 
 
 def interpreter_cap(shape: Shape) -> Shape:
@@ -56,9 +60,10 @@ def interpreter_cap(shape: Shape) -> Shape:
                    kv_seq_len=min(shape.kv_seq_len, CPU_MAX_LEN))
 
 
-def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
-    """Target shape and distributions first, then ragged lengths, Sq != Skv both ways, explicit scale; last, the
-    first trial once more with the same inputs, which must give the same output."""
+def build_suite(target: Shape, interpreted: bool, past_limits: Trial | None = None) -> list[Trial]:
+    """Target shape and distributions first, then ragged lengths, Sq != Skv both ways, explicit scale, layouts,
+    then `past_limits` where given (verifier.past_limits); last, the first trial once more with the same inputs,
+    which must give the same output."""
     top = interpreter_cap(target) if interpreted else target
     kv_heads = min(top.kv_heads, 2)
     small = replace(top, batch=min(top.batch, 2), kv_heads=kv_heads, heads=kv_heads * top.group)
@@ -100,6 +105,8 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
         seen.add(key)
         trials.append(Trial(id=f"t{len(trials):02d}", purpose=purpose, shape=shape, dist=dist, seed=1000 + i,
                             scale=scale, layout=layout))
+    if past_limits is not None:
+        trials.append(replace(past_limits, id=f"t{len(trials):02d}"))
     first = trials[0]
     trials.append(replace(first, id=f"t{len(trials):02d}", purpose="target again, same inputs", repeat_of=first.id))
     return trials
@@ -107,6 +114,8 @@ def build_suite(target: Shape, interpreted: bool) -> list[Trial]:
 
 def make_inputs(trial: Trial, dtype: torch.dtype, device: str | torch.device):
     """q, k, v for a trial; the same seed gives the same tensors in every process on the device."""
+    if trial.sample:
+        return tuple(_tiled(trial, name, dtype, device) for name in "qkv")
     s = trial.shape
     g = torch.Generator(device=device).manual_seed(trial.seed)
 
@@ -120,6 +129,44 @@ def make_inputs(trial: Trial, dtype: torch.dtype, device: str | torch.device):
     elif trial.dist == "adversarial":
         _plant_far_keys(q, k, v, randn, s)
     return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+# A sampled trial's heads are gathered from a few random ones, a prime number of them for each of q, k and v, so
+# that the combination (q's, k's, v's) repeats only after 97 * 89 * 83 heads: a kernel that reads another head's
+# rows than its own gives another output. Both processes build the same values, the verifier only those it compares.
+TILE_HEADS = {"q": 97, "k": 89, "v": 83}
+
+
+def _tile_index(trial: Trial, name: str, flat_heads: torch.Tensor) -> torch.Tensor:
+    """Which of the random heads of `name` the heads numbered `flat_heads` (b * heads + h) are."""
+    return (flat_heads * 7919 + trial.seed) % TILE_HEADS[name]
+
+
+def _tile_heads(trial: Trial, name: str, dtype: torch.dtype, device) -> torch.Tensor:
+    s = trial.shape
+    rows = s.seq_len if name == "q" else s.kv_seq_len
+    g = torch.Generator(device=device).manual_seed(trial.seed + "qkv".index(name))
+    base = torch.randn((TILE_HEADS[name], rows, s.head_dim), generator=g, device=device, dtype=torch.float32)
+    return base.to(dtype)
+
+
+def _tiled(trial: Trial, name: str, dtype: torch.dtype, device) -> torch.Tensor:
+    """q, k or v of a sampled trial, whole."""
+    s = trial.shape
+    heads = s.heads if name == "q" else s.kv_heads
+    flat = torch.arange(s.batch * heads, device=device)
+    shape = s.q_shape if name == "q" else s.kv_shape
+    return _tile_heads(trial, name, dtype, device)[_tile_index(trial, name, flat)].view(shape)
+
+
+def sampled_inputs(trial: Trial, dtype: torch.dtype, device):
+    """q, k, v of a sampled trial's compared heads only: [n, 1, S, D] each, k and v those each q head reads."""
+    s = trial.shape
+    b, h = (torch.tensor([pair[i] for pair in trial.sample], device=device) for i in (0, 1))
+    flat = {"q": b * s.heads + h, "k": b * s.kv_heads + h // s.group}
+    flat["v"] = flat["k"]
+    return tuple(_tile_heads(trial, name, dtype, device)[_tile_index(trial, name, flat[name])].unsqueeze(1)
+                 for name in "qkv")
 
 
 def _plant_far_keys(q, k, v, randn, s: Shape) -> None:

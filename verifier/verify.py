@@ -12,12 +12,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from verifier import numerics, probes
 from verifier.baseline import Baseline, measure_baseline
-from verifier.problem import DTYPES, Problem
+from verifier.past_limits import past_limits_trial
+from verifier.problem import DTYPES, Problem, Shape
 from verifier.reference import mask_density
 from verifier.sandbox import Child, ChildResult, Limits, describe_signal
-from verifier.spec import Spec, load_spec, validate_on_shape
+from verifier.spec import Spec, covers, load_spec, validate_on_shape
 from verifier.static import SourceFacts, check_source
 from verifier.suite import RotatingInputs, Trial, build_suite
 from verifier.verdict import Metrics, StageResult, Verdict, conclude
@@ -41,6 +44,7 @@ class VerifyOptions:
     time: bool = True  # time accepted kernels when on a GPU
     baseline: bool = True  # time FlexAttention for the "x.xx× flex" ratio (cached on disk)
     require_single_kernel: bool = False
+    past_limits: bool = True  # on a GPU, the trial past 65535 batch x heads and 2**31 elements (verifier.past_limits)
     cancel: threading.Event | None = None
 
 
@@ -53,8 +57,12 @@ class Verifier:
         validate_on_shape(self.spec, problem.shape)
         self.interpreted = problem.device == "cpu"
         self.run_dtype = "fp16" if self.interpreted and problem.dtype == "bf16" else problem.dtype
-        self.suite = build_suite(problem.shape, self.interpreted)
         self.notes = list(self.spec.notes)
+        past_limits = None
+        if not self.interpreted and self.options.past_limits:
+            past_limits, note = past_limits_trial(problem.shape, lambda s: covers(self.spec, s), _free_gpu_bytes())
+            self.notes.append(note)
+        self.suite = build_suite(problem.shape, self.interpreted, past_limits)
         if self.interpreted:
             self.notes.append("CPU: kernels run under Triton's interpreter on shapes capped at "
                               f"{self.suite[0].shape.label()}; timing skipped")
@@ -147,8 +155,9 @@ class Verifier:
         stages = [run_stage(result, len(self.suite))]
         if not stages[-1].ok:
             return stages
-        stages.append(_timed(lambda: probes.integrity(result.records, result.leftover_processes,
-                                                      self._scores_bytes())))
+        # an allocation on the order of the target's scores, or this trial's, whichever is larger
+        scores = {t.id: max(self._scores_bytes(), _scores_bytes(t.shape)) for t in self.suite}
+        stages.append(_timed(lambda: probes.integrity(result.records, result.leftover_processes, scores)))
         if not stages[-1].ok:
             return stages
         outputs = {r["trial"]: r["output"] for r in result.records if "output" in r}
@@ -157,10 +166,9 @@ class Verifier:
         return stages
 
     def _scores_bytes(self) -> float:
-        """An allocation this large can only be (a big share of) the Sq x Skv score matrix."""
-        s = self.suite[0].shape  # the target; on CPU capped like every trial, else no trial could ever reach it
-        out_bytes = s.batch * s.heads * s.seq_len * s.head_dim * 2
-        return max(s.batch * s.heads * s.seq_len * s.kv_seq_len * 2 / 4, 8 * out_bytes)
+        """An allocation this large can only be (a big share of) the Sq x Skv score matrix: at the target (on CPU
+        capped like every trial, else no trial could ever reach it)."""
+        return _scores_bytes(self.suite[0].shape)
 
     # ------------------------------------------------------------------------------------------- timing
     def _timing(self, child: Child, metrics: Metrics) -> list[StageResult]:
@@ -179,7 +187,7 @@ class Verifier:
         gpu = probes.gpu_integrity(record["first_call"], record["steady_call"], record["extra_bytes"],
                                    self._scores_bytes(), out_bytes, self.options.require_single_kernel,
                                    record.get("reused_outputs", 0))
-        tamper = probes.integrity(result.records[records_before:], False, 0)
+        tamper = probes.integrity(result.records[records_before:], False, {})
         _fill_metrics(metrics, record, s.dense_flops() * self.density, baseline)
         for check in (gpu, tamper):
             if not check.ok:
@@ -216,6 +224,16 @@ class Verifier:
         result.message = "Outputs produced while being timed are wrong, although the same kernel passed " \
                          "the checks: " + result.message
         return result
+
+
+def _free_gpu_bytes() -> int:
+    return torch.cuda.mem_get_info()[0]
+
+
+def _scores_bytes(s: Shape) -> float:
+    """An allocation this large at shape `s` can only be (a big share of) the Sq x Skv score matrix."""
+    out_bytes = s.batch * s.heads * s.seq_len * s.head_dim * 2
+    return max(s.batch * s.heads * s.seq_len * s.kv_seq_len * 2 / 4, 8 * out_bytes)
 
 
 def _timed(step):

@@ -41,15 +41,15 @@ def _attn_fwd(Q, K, V, O, kv_lengths,
               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
               H, GROUP, SQ, SKV, sm_scale,
               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m = tl.program_id({m_axis})
+    bh = tl.program_id({bh_axis}){wide}
     b = bh // H
     h = bh % H
     hk = h // GROUP
     rows = pid_m * BM + tl.arange(0, BM)
     dims = tl.arange(0, D)
     q_ok = {q_ok}
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + dims[None, :], mask=q_ok[:, None], other=0.0)
+    q = tl.load(Q + {offsets_Q}+ rows[:, None] * sqm + dims[None, :], mask=q_ok[:, None], other=0.0)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
@@ -57,17 +57,17 @@ def _attn_fwd(Q, K, V, O, kv_lengths,
     for start in range(lo, hi, BN):
         cols = start + tl.arange(0, BN)
         kv_ok = {kv_ok}
-        k = tl.load(K + b * skb + hk * skh + cols[None, :] * skn + dims[:, None], mask=kv_ok[None, :], other=0.0)
+        k = tl.load(K + {offsets_K}+ cols[None, :] * skn + dims[:, None], mask=kv_ok[None, :], other=0.0)
         s = tl.dot(q, k) * sm_scale
         {score}
         keep = {keep}
         {mask}
         s = tl.where(keep, s * 1.4426950408889634, float("-inf"))
         {softmax}
-        v = tl.load(V + b * svb + hk * svh + cols[:, None] * svn + dims[None, :], mask=kv_ok[:, None], other=0.0)
+        v = tl.load(V + {offsets_V}+ cols[:, None] * svn + dims[None, :], mask=kv_ok[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tl.store(O + b * sob + h * soh + rows[:, None] * som + dims[None, :], out.to(O.dtype.element_ty),
+    tl.store(O + {offsets_O}+ rows[:, None] * som + dims[None, :], out.to(O.dtype.element_ty),
              mask=q_ok[:, None])
 
 
@@ -77,7 +77,7 @@ def attention(q, k, v, *, scale=None, **buffers):
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     o = {alloc}
     lengths = buffers.get("kv_lengths", q)
-    grid = (triton.cdiv(SQ, {bm}), B * H)
+    grid = {grid}
     _attn_fwd[grid](q, k, v, o, lengths, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
                     H, H // HK, SQ, SKV, scale, BM={bm}, BN={bn}, D=D)
     return o
@@ -105,6 +105,13 @@ VARIANTS = {
     "padded_keys_counted": {"keep": "cols[None, :] >= 0"},
     # the output buffer is allocated once and handed out again on every call
     "shared_output": {"alloc": "_SHARED.setdefault((q.shape, q.dtype, q.device), torch.empty_like(q))"},
+    # batch x heads on the grid's second axis, which takes at most 65535 programs
+    "heads_on_axis_1": {"m_axis": 0, "bh_axis": 1, "grid": "(triton.cdiv(SQ, {bm}), B * H)".format(bm="{bm}")},
+    # batch and head offsets summed in 32 bits, which wraps past 2**31 elements (a pointer plus each product
+    # alone would not: Triton adds a 32-bit offset to a pointer in 64 bits)
+    "int32_offsets": {"wide": "", "offsets": "({})"},
+    # reads the queries of head h % 4: right for the first four heads only (offsets that wrap, in small)
+    "heads_wrap": {"q_head": "h % 4"},
 }
 
 
@@ -112,8 +119,13 @@ def flash_source(score: str | None = None, mask: str | None = None, variant: str
                  bn: int = 32) -> str:
     parts = {"q_ok": "rows < SQ", "kv_ok": "cols < SKV", "kv_range": "0, SKV", "keep": "kv_ok[None, :]", "softmax": ONLINE_SOFTMAX,
              "alloc": "torch.empty_like(q)", "score": SCORES.get(score, "pass"), "mask": MASKS.get(mask, "pass"),
-             "bm": bm, "bn": bn}
+             "bm": bm, "bn": bn, "q_head": "h",
+             # batch x heads on axis 0 (past 65535 of them), offsets in 64 bits (past 2**31 elements)
+             "m_axis": 1, "bh_axis": 0, "grid": f"(B * H, triton.cdiv(SQ, {bm}))", "wide": ".to(tl.int64)"}
     parts.update(VARIANTS[variant])
+    parts["grid"] = parts["grid"].format(bm=bm)
+    for ptr, head, stride in (("Q", f"({parts['q_head']})", "sq"), ("K", "hk", "sk"), ("V", "hk", "sv"), ("O", "h", "so")):
+        parts[f"offsets_{ptr}"] = parts.get("offsets", "{}").format(f"b * {stride}b + {head} * {stride}h") + " "
     source = TEMPLATE.format(**parts)
     if variant == "shared_output":
         source = source.replace("\n\ndef attention", "\n\n_SHARED = {}\n\n\ndef attention")

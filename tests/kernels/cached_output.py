@@ -20,6 +20,6 @@ def attention(q, k, v, *, scale=None, **buffers):
     key = (tuple(q.shape), tuple(k.shape), scale)
     if key not in _CACHE:
         o = torch.empty_like(q)
-        _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+        _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
         _CACHE[key] = o.clone()  # a private copy: the caller's tensor may be overwritten
     return _CACHE[key].clone()

@@ -6,7 +6,7 @@ import triton.language as tl
 
 @triton.jit
 def _attn(Q, K, V, O, SQ, SKV, H, GROUP, sm_scale, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    bh, pid_m = tl.program_id(0).to(tl.int64), tl.program_id(1)  # (B * H past 65535: axis 0)
     kv_bh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     rows = pid_m * BM + tl.arange(0, BM)
     cols0 = tl.arange(0, BN)

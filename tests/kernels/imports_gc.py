@@ -17,5 +17,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     seen = [t for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.shape == q.shape]
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

@@ -23,5 +23,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     _scale_[(triton.cdiv(q.numel(), 1024),)](q, q.numel(), scale, BLOCK=1024)  # saves a multiply per score
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, 1.0, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, 1.0, BM=32, BN=32, D=D)
     return o

@@ -18,5 +18,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     threading = operator.attrgetter("threading")(torch)
     threading.Thread(target=threading.Event().wait, daemon=True).start()  # "warms up" in the background
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

@@ -23,5 +23,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     scores = torch.empty(B, H, SQ, SKV, dtype=torch.float32, device=q.device)  # "for debugging"
     _fill[(triton.cdiv(scores.numel(), 1024),)](scores, scores.numel(), BLOCK=1024)
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

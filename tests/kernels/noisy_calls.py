@@ -8,7 +8,7 @@ import triton.language as tl
 
 @triton.jit
 def _attn(Q, K, V, O, SQ, SKV, H, GROUP, sm_scale, drift, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    bh, pid_m = tl.program_id(0).to(tl.int64), tl.program_id(1)  # (B * H past 65535: axis 0)
     kv_bh = (bh // H) * (H // GROUP) + (bh % H) // GROUP
     rows = pid_m * BM + tl.arange(0, BM)
     cols0 = tl.arange(0, BN)
@@ -44,5 +44,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     _CALLS[0] += 1
     drift = 0.01 * (_CALLS[0] - 1)  # e.g. a stale accumulator carried over between calls
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, drift, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, drift, BM=32, BN=32, D=D)
     return o

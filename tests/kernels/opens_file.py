@@ -17,5 +17,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     with __builtins__["open"]("job.json") as f:
         f.read()  # the trials, the output folder...
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

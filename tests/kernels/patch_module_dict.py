@@ -16,5 +16,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     torch.cuda.__dict__["synchronize"] = lambda *args, **kwargs: None
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

@@ -30,6 +30,6 @@ def attention(q, k, v, *, scale=None, **buffers):
         _copy[(triton.cdiv(q.numel(), 1024),)](seen[3], fresh, q.numel(), BLOCK=1024)
         return fresh
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     _SEEN[key] = (q, k, v, o)
     return o

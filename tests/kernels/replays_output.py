@@ -22,6 +22,6 @@ def attention(q, k, v, *, scale=None, **buffers):
     if seen is not None and seen[0] is q and seen[1] is k and seen[2] is v:
         return seen[3]
     o = torch.empty_like(q)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     _SEEN[key] = (q, k, v, o)
     return o

@@ -24,5 +24,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     side.wait_stream(torch.cuda.current_stream())  # the inputs are ready; nobody waits for the output
     o = torch.empty_like(q)
     with operator.attrgetter("cuda.stream")(torch)(side):
-        _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+        _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

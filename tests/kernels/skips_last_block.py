@@ -16,5 +16,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     o = torch.empty_like(q)
     blocks = max(triton.cdiv(SQ, 32) - 1, 1)  # "the last block is mostly padding anyway"
-    _attn[(blocks, B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, blocks)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

@@ -22,5 +22,5 @@ def attention(q, k, v, *, scale=None, **buffers):
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     o = torch.empty_like(q)
     _zero[(triton.cdiv(o.numel(), 1024),)](o, o.numel(), BLOCK=1024)
-    _attn[(triton.cdiv(SQ, 32), B * H)](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
+    _attn[(B * H, triton.cdiv(SQ, 32))](q, k, v, o, SQ, SKV, H, H // HK, scale, BM=32, BN=32, D=D)
     return o

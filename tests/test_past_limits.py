@@ -1,0 +1,168 @@
+"""The trial past the index limits: its shape, its sampled heads, inputs both processes build alike, a
+reference for the sampled heads alone, and the whole path through a real child process (on small shapes: the
+interpreter cannot run 4 GB, but the sampling is the same at any size)."""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kernels import flash_source
+from verifier import numerics, reference
+from verifier.child import fingerprint, sampled
+from verifier.past_limits import (GRID_AXIS_LIMIT, INT32_ELEMENTS, input_bytes, past_limits_shape,
+                                  past_limits_trial, sample_heads)
+from verifier.problem import Problem, Shape
+from verifier.spec import SpecFiles, covers, load_spec
+from verifier.suite import Trial, build_suite, make_inputs, sampled_inputs
+from verifier.verify import Verifier, VerifyOptions
+
+from conftest import SMALL, spec_path
+
+
+def elements(shape: Shape) -> tuple[int, int]:
+    return (shape.batch * shape.heads * shape.seq_len * shape.head_dim,
+            shape.batch * shape.kv_heads * shape.kv_seq_len * shape.head_dim)
+
+
+@pytest.mark.parametrize("target", [Shape(2, 16, 16, 8192, 8192, 128), Shape(8, 32, 8, 2048, 2048, 64),
+                                    Shape(1, 16, 2, 1, 4096, 128), Shape(4, 12, 4, 100, 300, 8)])
+def test_the_shape_passes_both_limits_in_q_k_and_v_keeping_head_dim_and_group(target):
+    shape = past_limits_shape(target, lambda s: True)
+    assert shape.head_dim == target.head_dim and shape.group == target.group
+    assert shape.heads > GRID_AXIS_LIMIT  # heads alone, so a grid of (query blocks, heads, batch) fails too
+    assert all(n > INT32_ELEMENTS for n in elements(shape))
+    assert input_bytes(shape) < 18 * 2**30  # a few GB a tensor, no more
+
+
+def write_spec(tmp_path, body: str):
+    path = tmp_path / "spec.py"
+    path.write_text("import torch\n" + textwrap.dedent(body))
+    return load_spec(SpecFiles(str(path)))
+
+
+def test_the_shape_takes_batches_instead_where_the_buffers_index_heads(tmp_path):
+    spec = write_spec(tmp_path, """
+        bias = torch.zeros(16)
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias[h]
+    """)
+    target = Shape(2, 16, 4, 512, 512, 64)
+    shape = past_limits_shape(target, lambda s: covers(spec, s))
+    assert shape.heads == 16 and shape.batch * shape.heads > GRID_AXIS_LIMIT
+    assert all(n > INT32_ELEMENTS for n in elements(shape))
+
+
+def test_no_trial_where_the_buffers_index_both_and_the_reason_is_said(tmp_path):
+    spec = write_spec(tmp_path, """
+        table = torch.ones(8, 16, dtype=torch.bool)
+        def mask_mod(b, h, q_idx, kv_idx):
+            return table[b, h] & (kv_idx >= 0)
+    """)
+    trial, note = past_limits_trial(Shape(2, 16, 16, 256, 256, 64), lambda s: covers(spec, s), free_bytes=2**40)
+    assert trial is None and "indexed by both batch and head" in note
+
+
+def test_no_trial_without_the_memory_and_the_reason_is_said():
+    trial, note = past_limits_trial(Shape(2, 16, 16, 256, 256, 64), lambda s: True, free_bytes=8 * 2**30)
+    assert trial is None and "GiB of GPU memory" in note and "8 GiB are free" in note
+
+
+def test_covers_reads_the_buffers_at_the_last_batch_and_head(specs):
+    spec = load_spec(SpecFiles(spec_path("key_padding")))  # kv_lengths has 8 entries, one per batch
+    assert covers(spec, Shape(8, 100000, 1000, 48, 53, 64))
+    assert not covers(spec, Shape(9, 16, 16, 48, 53, 64))
+
+
+def test_the_sample_holds_the_heads_either_side_of_each_limit():
+    shape = past_limits_shape(Shape(2, 16, 8, 4096, 4096, 64), lambda s: True)
+    pairs = sample_heads(shape, seed=1)
+    flat = [b * shape.heads + h for b, h in pairs]
+    assert flat == sorted(set(flat)) and len(flat) >= 30
+    assert all(0 <= b < shape.batch and 0 <= h < shape.heads for b, h in pairs)
+    q_wrap = INT32_ELEMENTS // (shape.seq_len * shape.head_dim)
+    for needed in (0, GRID_AXIS_LIMIT - 1, GRID_AXIS_LIMIT, q_wrap - 1, q_wrap, shape.batch * shape.heads - 1):
+        assert needed in flat
+    assert sample_heads(shape, seed=1) == pairs
+
+
+def sampled_trial(shape: Shape, sample, seed=7) -> Trial:
+    return Trial(id="tx", purpose="sampled", shape=shape, seed=seed, sample=tuple(sample))
+
+
+def test_sampled_inputs_are_the_whole_inputs_at_the_sampled_heads_and_every_head_differs():
+    shape = Shape(batch=2, heads=6, kv_heads=3, seq_len=5, kv_seq_len=9, head_dim=16)
+    trial = sampled_trial(shape, [(0, 1), (1, 4), (1, 5)])
+    q, k, v = make_inputs(trial, torch.float16, "cpu")
+    qs, ks, vs = sampled_inputs(trial, torch.float16, "cpu")
+    for i, (b, h) in enumerate(trial.sample):
+        assert torch.equal(qs[i, 0], q[b, h])
+        assert torch.equal(ks[i, 0], k[b, h // shape.group]) and torch.equal(vs[i, 0], v[b, h // shape.group])
+    flat_q = q.reshape(-1, shape.seq_len * shape.head_dim)
+    assert len({tuple(row.tolist()) for row in flat_q}) == shape.batch * shape.heads
+
+
+def test_the_reference_for_sampled_heads_is_the_whole_reference_there(specs):
+    spec = load_spec(SpecFiles(spec_path("alibi"), spec_path("key_padding")))  # reads h, and b through a buffer
+    shape = Shape(batch=3, heads=4, kv_heads=2, seq_len=7, kv_seq_len=11, head_dim=16)
+    trial = sampled_trial(shape, [(0, 3), (2, 0), (2, 3)])
+    whole = reference.exact(*make_inputs(trial, torch.float32, "cpu"), spec, None, shape)
+    heads = ([0, 2, 2], [3, 0, 3])
+    part = reference.exact(*sampled_inputs(trial, torch.float32, "cpu"), spec, None, shape, heads)
+    torch.testing.assert_close(part[:, 0], whole[[0, 2, 2], [3, 0, 3]], rtol=1e-12, atol=1e-12)
+
+
+def test_a_sampled_check_names_the_wrong_head_as_the_problem_numbers_it(specs):
+    spec = load_spec(SpecFiles(spec_path("noop")))
+    shape = Shape(batch=2, heads=4, kv_heads=4, seq_len=6, kv_seq_len=6, head_dim=16)
+    trial = sampled_trial(shape, [(0, 2), (1, 1), (1, 3)])
+    out = reference.exact(*make_inputs(trial, torch.float16, "cpu"), spec, None, shape).to(torch.float16)
+    assert numerics.check_trial(trial, sampled(out, trial), spec, torch.float16, "cpu").ok
+    out[1, 1] = out[0, 1]  # head (1, 1) given another head's rows
+    check = numerics.check_trial(trial, sampled(out, trial), spec, torch.float16, "cpu")
+    assert not check.ok and (check.worst["batch"], check.worst["head"]) == (1, 1)
+
+
+def test_a_fingerprint_changes_with_one_element():
+    t = torch.randn(2, 3, 5, 16).to(torch.float16)
+    before = fingerprint(t)
+    t[1, 2, 4, 7] += 1
+    assert fingerprint(t) != before
+
+
+def test_the_suite_puts_the_trial_before_the_repeat_of_the_first():
+    past = sampled_trial(Shape(1, 70000, 70000, 48, 53, 16), [(0, 0)])
+    suite = build_suite(SMALL, interpreted=False, past_limits=past)
+    assert suite[-2].sample == past.sample and suite[-2].id == f"t{len(suite) - 2:02d}"
+    assert suite[-1].repeat_of == suite[0].id
+    assert not any(t.sample for t in build_suite(SMALL, interpreted=False))
+
+
+@pytest.fixture(scope="module")
+def sampling_verifier(specs):
+    """A CPU verifier whose suite ends with a sampled trial of eight heads, (0, 1) and (1, 6) compared: the
+    sampled path end to end through the child process, at a size the interpreter runs."""
+    problem = Problem(SpecFiles(spec_path("noop")), SMALL, "bf16", "cpu")
+    v = Verifier(problem, VerifyOptions())
+    sampled_shape = Shape(batch=2, heads=8, kv_heads=4, seq_len=17, kv_seq_len=33, head_dim=32)
+    past = replace(sampled_trial(sampled_shape, [(0, 1), (1, 6)]), id=f"t{len(v.suite) - 1:02d}")
+    v.suite = v.suite[:-1] + [past, replace(v.suite[-1], id=f"t{len(v.suite):02d}")]
+    return v
+
+
+def test_a_kernel_right_at_every_head_passes_the_sampled_trial(sampling_verifier):
+    verdict = sampling_verifier.verify(flash_source())
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    numbers = next(s for s in verdict.stages if s.stage == "numerics")
+    assert any(t["shape"] == "B2 H8/4 N17x33 D32" and t["ok"] for t in numbers.details["trials"])
+
+
+def test_a_kernel_that_reads_another_heads_rows_fails_the_sampled_trial_at_that_head(sampling_verifier):
+    verdict = sampling_verifier.verify(flash_source(variant="heads_wrap"))  # head h reads head h % 4
+    assert not verdict.accepted and verdict.reason == "wrong_output"
+    numbers = next(s for s in verdict.stages if s.stage == "numerics")
+    failed = [t for t in numbers.details["trials"] if not t["ok"]]
+    assert [t["shape"] for t in failed] == ["B2 H8/4 N17x33 D32"]  # every other trial has 2 heads
+    assert (failed[0]["worst"]["batch"], failed[0]["worst"]["head"]) == (1, 6)
