@@ -166,3 +166,13 @@ def test_a_kernel_that_reads_another_heads_rows_fails_the_sampled_trial_at_that_
     failed = [t for t in numbers.details["trials"] if not t["ok"]]
     assert [t["shape"] for t in failed] == ["B2 H8/4 N17x33 D32"]  # every other trial has 2 heads
     assert (failed[0]["worst"]["batch"], failed[0]["worst"]["head"]) == (1, 6)
+
+
+def test_the_best_kernels_header_says_the_trial_was_run_and_where():
+    from agent.loop import _past_limits_tried
+
+    shape = past_limits_shape(SMALL, lambda s: True)
+    past = sampled_trial(shape, sample_heads(shape, seed=3))
+    line = _past_limits_tried(build_suite(SMALL, interpreted=False, past_limits=past))
+    assert line.startswith(f"and past the index limits, at {shape.label()}") and f"at {len(past.sample)} heads" in line
+    assert _past_limits_tried(build_suite(SMALL, interpreted=True)) == ""
