@@ -62,7 +62,7 @@ def test_no_trial_where_the_buffers_index_both_and_the_reason_is_said(tmp_path):
             return table[b, h] & (kv_idx >= 0)
     """)
     trial, note = past_limits_trial(Shape(2, 16, 16, 256, 256, 64), lambda s: covers(spec, s), free_bytes=2**40)
-    assert trial is None and "indexed by both batch and head" in note
+    assert trial is None and "cover neither that many heads nor that many batches" in note
 
 
 def test_no_trial_without_the_memory_and_the_reason_is_said():

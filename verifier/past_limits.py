@@ -69,8 +69,9 @@ def past_limits_trial(target: Shape, covers: Callable[[Shape], bool], free_bytes
     """The trial (its id is set by the suite) and a note for the report, or None and why it is left out."""
     shape = past_limits_shape(target, covers)
     if shape is None:
-        return None, ("not tried past 65535 batch x heads and 2**31 elements: the spec's captured buffers are "
-                      "indexed by both batch and head and cover neither that many heads nor that many batches")
+        return None, ("not tried past 65535 batch x heads and 2**31 elements: the spec's captured buffers cover "
+                      f"neither that many heads nor that many batches (nor, if they index positions, {ROWS} queries "
+                      "and the keys that trial has)")
     need = int(input_bytes(shape) * MEMORY_FACTOR)
     if free_bytes < need:
         return None, (f"not tried past 65535 batch x heads and 2**31 elements ({shape.label()}): it needs about "
