@@ -272,7 +272,7 @@ def sampled(out: torch.Tensor, trial: Trial) -> torch.Tensor:
     """The output, or a sampled trial's compared heads of it: [n, 1, Sq, D] (verifier.numerics.check_trial)."""
     if not trial.sample:
         return out
-    b, h = (torch.tensor([pair[i] for pair in trial.sample], device=out.device) for i in (0, 1))
+    b, h = (torch.tensor(i, device=out.device) for i in trial.sampled_heads())
     return out[b, h].unsqueeze(1)
 
 

@@ -53,7 +53,7 @@ def check_trial(trial: Trial, out: torch.Tensor, spec: Spec, dtype: torch.dtype,
     heads = None
     if trial.sample:
         q, k, v = sampled_inputs(trial, dtype, device)
-        heads = tuple([pair[i] for pair in trial.sample] for i in (0, 1))
+        heads = trial.sampled_heads()
     else:
         q, k, v = make_inputs(trial, dtype, device)
     exact = reference.exact(q, k, v, spec, trial.scale, trial.shape, heads)

@@ -43,6 +43,10 @@ class Trial:
     # (verifier.past_limits); empty: every one
     sample: tuple[tuple[int, int], ...] = ()
 
+    def sampled_heads(self) -> tuple[list[int], list[int]]:
+        """The sample's batch indices and head indices, as two lists."""
+        return [b for b, _ in self.sample], [h for _, h in self.sample]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -142,31 +146,30 @@ def _tile_index(trial: Trial, name: str, flat_heads: torch.Tensor) -> torch.Tens
     return (flat_heads * 7919 + trial.seed) % TILE_HEADS[name]
 
 
-def _tile_heads(trial: Trial, name: str, dtype: torch.dtype, device) -> torch.Tensor:
+def _gathered(trial: Trial, name: str, flat_heads: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    """The rows of `name` (q, k or v) at the heads numbered `flat_heads` (b * heads + h): [len, S, D]."""
     s = trial.shape
     rows = s.seq_len if name == "q" else s.kv_seq_len
     g = torch.Generator(device=device).manual_seed(trial.seed + "qkv".index(name))
     base = torch.randn((TILE_HEADS[name], rows, s.head_dim), generator=g, device=device, dtype=torch.float32)
-    return base.to(dtype)
+    return base.to(dtype)[_tile_index(trial, name, flat_heads)]
 
 
 def _tiled(trial: Trial, name: str, dtype: torch.dtype, device) -> torch.Tensor:
     """q, k or v of a sampled trial, whole."""
     s = trial.shape
     heads = s.heads if name == "q" else s.kv_heads
-    flat = torch.arange(s.batch * heads, device=device)
     shape = s.q_shape if name == "q" else s.kv_shape
-    return _tile_heads(trial, name, dtype, device)[_tile_index(trial, name, flat)].view(shape)
+    return _gathered(trial, name, torch.arange(s.batch * heads, device=device), dtype, device).view(shape)
 
 
 def sampled_inputs(trial: Trial, dtype: torch.dtype, device):
     """q, k, v of a sampled trial's compared heads only: [n, 1, S, D] each, k and v those each q head reads."""
     s = trial.shape
-    b, h = (torch.tensor([pair[i] for pair in trial.sample], device=device) for i in (0, 1))
+    b, h = (torch.tensor(i, device=device) for i in trial.sampled_heads())
     flat = {"q": b * s.heads + h, "k": b * s.kv_heads + h // s.group}
     flat["v"] = flat["k"]
-    return tuple(_tile_heads(trial, name, dtype, device)[_tile_index(trial, name, flat[name])].unsqueeze(1)
-                 for name in "qkv")
+    return tuple(_gathered(trial, name, flat[name], dtype, device).unsqueeze(1) for name in "qkv")
 
 
 def _plant_far_keys(q, k, v, randn, s: Shape) -> None:

@@ -106,7 +106,7 @@ VARIANTS = {
     # the output buffer is allocated once and handed out again on every call
     "shared_output": {"alloc": "_SHARED.setdefault((q.shape, q.dtype, q.device), torch.empty_like(q))"},
     # batch x heads on the grid's second axis, which takes at most 65535 programs
-    "heads_on_axis_1": {"m_axis": 0, "bh_axis": 1, "grid": "(triton.cdiv(SQ, {bm}), B * H)".format(bm="{bm}")},
+    "heads_on_axis_1": {"m_axis": 0, "bh_axis": 1, "grid": "(triton.cdiv(SQ, {bm}), B * H)"},
     # batch and head offsets summed in 32 bits, which wraps past 2**31 elements (a pointer plus each product
     # alone would not: Triton adds a 32-bit offset to a pointer in 64 bits)
     "int32_offsets": {"wide": "", "offsets": "({})"},
