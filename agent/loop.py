@@ -238,7 +238,7 @@ def _past_limits_tried(suite: list[Trial]) -> str:
     past = next((t for t in suite if t.sample), None)  # (verifier.past_limits: the one sampled trial)
     return "" if past is None else (f"and past the index limits, at {past.shape.label()} (more than 65535 batch x "
                                     f"heads, more than 2**31 elements), its output compared at {len(past.sample)} "
-                                    f"heads")
+                                    f"heads and at every row through a random projection")
 
 
 def layouts_tried(suite: list[Trial]) -> str:

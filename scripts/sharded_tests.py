@@ -7,6 +7,9 @@ the pytest plugin that deals them); each writes its log and JUnit file to --out;
 every shard passed (or had nothing to run).
 
     python scripts/sharded_tests.py --shards 4 --out $OUT -- tests/test_gpu_verifier.py -p no:logging
+
+With --only, this call runs some of the shards (`--shards 4 --only 0,1`, then `--only 2,3` in a later call):
+a suite longer than one call, split over calls, each test in exactly one of them.
 """
 from __future__ import annotations
 
@@ -45,14 +48,18 @@ def totals(junit: Path) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--only", help="comma-separated shard numbers to run (default: every shard)")
     parser.add_argument("--out", type=Path, required=True, help="folder for each shard's log and JUnit file")
     parser.add_argument("pytest_args", nargs="+", help="after --: the test file(s) and pytest options")
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error("--shards must be 1 or more")
+    shards = [int(i) for i in args.only.split(",")] if args.only else list(range(args.shards))
+    if not all(0 <= i < args.shards for i in shards):
+        parser.error(f"--only: shard numbers run from 0 to {args.shards - 1}")
     args.out.mkdir(parents=True, exist_ok=True)
     running = []
-    for i in range(args.shards):
+    for i in shards:
         log = open(args.out / f"shard{i}.log", "w")
         command = [sys.executable, "-m", "pytest", "-q", "-p", "scripts.sharded_tests",
                    f"--junitxml={args.out / f'shard{i}.xml'}", *args.pytest_args]
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         codes.append(process.wait())
         log.close()
     summed: dict[str, int] = {}
-    for i in range(len(running)):
+    for i in shards:
         for key, n in totals(args.out / f"shard{i}.xml").items():
             summed[key] = summed.get(key, 0) + n
     print(f"{len(running)} shard(s): " + ", ".join(f"{n} {key}" for key, n in summed.items() if key != "tests")

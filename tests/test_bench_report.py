@@ -228,3 +228,20 @@ def test_sharded_tests_deal_every_test_once_and_report_the_sum(tmp_path):
 
     assert [totals(out / f"shard{i}.xml")["tests"] for i in range(3)] == [3, 2, 2]  # 7 dealt round-robin
     assert "test_fails" in "".join((out / f"shard{i}.log").read_text() for i in range(3))
+
+
+def test_sharded_tests_only_runs_the_shards_named_and_together_they_run_every_test_once(tmp_path):
+    tests = tmp_path / "test_sample.py"
+    tests.write_text("import pytest\n\n@pytest.mark.parametrize('i', range(6))\ndef test_passes(i):\n    pass\n\n"
+                     "def test_fails():\n    assert 1 == 2\n")
+
+    def run(only: str, out: Path):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "3", "--only",
+                               only, "--out", str(out), "--", str(tests), "-p", "no:cacheprovider"],
+                              capture_output=True, text=True, timeout=300)
+
+    first, second = run("0,1", tmp_path / "a"), run("2", tmp_path / "b")
+    assert first.returncode == 1 and "2 shard(s): 1 failures, 0 errors, 0 skipped, 4 passed of 5" in first.stdout
+    assert second.returncode == 0 and "1 shard(s): 0 failures, 0 errors, 0 skipped, 2 passed of 2" in second.stdout
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.xml")) == ["shard0.xml", "shard1.xml"]
+    assert run("3", tmp_path / "c").returncode == 2  # no such shard: a usage error

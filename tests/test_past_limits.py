@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from kernels import flash_source
-from verifier import numerics, reference
-from verifier.child import fingerprint, sampled
+from verifier import every_row, numerics, reference
+from verifier.child import fingerprint, saved_output
 from verifier.past_limits import (GRID_AXIS_LIMIT, INT32_ELEMENTS, input_bytes, past_limits_shape,
                                   past_limits_trial, sample_heads)
 from verifier.problem import Problem, Shape
@@ -119,10 +119,46 @@ def test_a_sampled_check_names_the_wrong_head_as_the_problem_numbers_it(specs):
     shape = Shape(batch=2, heads=4, kv_heads=4, seq_len=6, kv_seq_len=6, head_dim=16)
     trial = sampled_trial(shape, [(0, 2), (1, 1), (1, 3)])
     out = reference.exact(*make_inputs(trial, torch.float16, "cpu"), spec, None, shape).to(torch.float16)
-    assert numerics.check_trial(trial, sampled(out, trial), spec, torch.float16, "cpu").ok
+    assert numerics.check_trial(trial, saved_output(out, trial), spec, torch.float16, "cpu").ok
     out[1, 1] = out[0, 1]  # head (1, 1) given another head's rows
-    check = numerics.check_trial(trial, sampled(out, trial), spec, torch.float16, "cpu")
+    check = numerics.check_trial(trial, saved_output(out, trial), spec, torch.float16, "cpu")
     assert not check.ok and (check.worst["batch"], check.worst["head"]) == (1, 1)
+    assert "every row through a random projection off too" in check.note
+
+
+@pytest.mark.parametrize("wrong", ["head", "row", "element"])
+def test_a_wrong_head_row_or_element_outside_the_sample_fails_at_every_row_and_is_named(specs, wrong):
+    spec = load_spec(SpecFiles(spec_path("alibi")))
+    shape = Shape(batch=2, heads=6, kv_heads=3, seq_len=9, kv_seq_len=13, head_dim=32)
+    trial = sampled_trial(shape, [(0, 0), (1, 5)])
+    out = reference.exact(*make_inputs(trial, torch.float16, "cpu"), spec, None, shape).to(torch.float16)
+    right = numerics.check_trial(trial, saved_output(out, trial), spec, torch.float16, "cpu")
+    assert right.ok and "every row through a random projection within tolerance" in right.note
+    if wrong == "head":
+        out[1, 2] = out[1, 3]
+    elif wrong == "row":
+        out[1, 2, 4] = out[1, 2, 5]
+    else:
+        out[1, 2, 4, 17] += 0.25  # the rows' values are about 0.1-1: a quarter is far outside fp16's error
+    check = numerics.check_trial(trial, saved_output(out, trial), spec, torch.float16, "cpu")
+    assert not check.ok and check.note.startswith("every row projected")
+    assert (check.worst["batch"], check.worst["head"]) == (1, 2) and "col" not in check.worst
+    if wrong != "head":
+        assert check.worst["row"] == 4 and check.mismatch_fraction == pytest.approx(1 / (2 * 6 * 9))
+
+
+def test_the_projection_reads_any_strides_and_the_reference_rows_span_chunks(specs, monkeypatch):
+    monkeypatch.setattr(every_row, "CHUNK_HEADS", 4)  # several chunks, one ragged, at a size the CPU runs
+    spec = load_spec(SpecFiles(spec_path("alibi"), spec_path("key_padding")))  # reads h, and b through a buffer
+    shape = Shape(batch=3, heads=6, kv_heads=2, seq_len=5, kv_seq_len=7, head_dim=16)
+    trial = sampled_trial(shape, [(0, 0)])
+    w = every_row.direction(trial, 16, "cpu").double()
+    assert set(w.tolist()) == {-1.0, 1.0} and torch.equal(w, every_row.direction(trial, 16, "cpu").double())
+    whole = reference.exact(*make_inputs(trial, torch.float32, "cpu"), spec, None, shape)
+    exact, _ = every_row.reference_rows(trial, spec, torch.float32, "cpu")
+    torch.testing.assert_close(exact[..., 0], whole @ w, rtol=1e-12, atol=1e-12)
+    bshd = whole.float().transpose(1, 2).contiguous().transpose(1, 2)  # [B, H, S, D] values, strides of [B, S, H, D]
+    torch.testing.assert_close(every_row.project(bshd, trial).double(), whole @ w, rtol=1e-5, atol=1e-5)
 
 
 def test_a_fingerprint_changes_with_one_element():
@@ -140,16 +176,20 @@ def test_the_suite_puts_the_trial_before_the_repeat_of_the_first():
     assert not any(t.sample for t in build_suite(SMALL, interpreted=False))
 
 
-@pytest.fixture(scope="module")
-def sampling_verifier(specs):
-    """A CPU verifier whose suite ends with a sampled trial of eight heads, (0, 1) and (1, 6) compared: the
-    sampled path end to end through the child process, at a size the interpreter runs."""
+def verifier_sampling(sample) -> Verifier:
+    """A CPU verifier whose suite ends with a sampled trial of eight heads, `sample` compared element by element:
+    the sampled path end to end through the child process, at a size the interpreter runs."""
     problem = Problem(SpecFiles(spec_path("noop")), SMALL, "bf16", "cpu")
     v = Verifier(problem, VerifyOptions())
     sampled_shape = Shape(batch=2, heads=8, kv_heads=4, seq_len=17, kv_seq_len=33, head_dim=32)
-    past = replace(sampled_trial(sampled_shape, [(0, 1), (1, 6)]), id=f"t{len(v.suite) - 1:02d}")
+    past = replace(sampled_trial(sampled_shape, sample), id=f"t{len(v.suite) - 1:02d}")
     v.suite = v.suite[:-1] + [past, replace(v.suite[-1], id=f"t{len(v.suite):02d}")]
     return v
+
+
+@pytest.fixture(scope="module")
+def sampling_verifier(specs):
+    return verifier_sampling([(0, 1), (1, 6)])
 
 
 def test_a_kernel_right_at_every_head_passes_the_sampled_trial(sampling_verifier):
@@ -166,6 +206,15 @@ def test_a_kernel_that_reads_another_heads_rows_fails_the_sampled_trial_at_that_
     failed = [t for t in numbers.details["trials"] if not t["ok"]]
     assert [t["shape"] for t in failed] == ["B2 H8/4 N17x33 D32"]  # every other trial has 2 heads
     assert (failed[0]["worst"]["batch"], failed[0]["worst"]["head"]) == (1, 6)
+
+
+def test_a_kernel_wrong_only_at_heads_outside_the_sample_fails_at_every_row(specs):
+    verdict = verifier_sampling([(0, 1), (1, 2)]).verify(flash_source(variant="heads_wrap"))  # right at h < 4
+    assert not verdict.accepted and verdict.reason == "wrong_output"
+    numbers = next(s for s in verdict.stages if s.stage == "numerics")
+    failed = [t for t in numbers.details["trials"] if not t["ok"]]
+    assert [t["shape"] for t in failed] == ["B2 H8/4 N17x33 D32"]
+    assert failed[0]["note"].startswith("every row projected") and failed[0]["worst"]["head"] >= 4
 
 
 def test_the_best_kernels_header_says_the_trial_was_run_and_where():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from verifier import guards
+from verifier import every_row, guards
 from verifier.guards import CallWatch, guarded
 from verifier.problem import DTYPES, Shape
 from verifier.spec import SpecFiles, load_spec
@@ -260,12 +260,21 @@ class Checker:
         record["compute_ops"] = watch.log.compute_ops
 
         path = self.out_dir / f"{trial.id}.pt"
-        torch.save(sampled(out, trial).detach().to("cpu", copy=True), path)
+        torch.save(saved_output(out, trial), path)
         record["output"] = str(path)
         if not trial.sample:  # (a past-limits output is not held: 4 GB)
             self.earlier.append(out)
         guards.poison_(out)  # a kernel that hands this memory back later hands back poison
         return record
+
+
+def saved_output(out: torch.Tensor, trial: Trial):
+    """What the verifier checks (verifier.numerics.check_trial), on the CPU: the output, or for a sampled trial
+    its compared heads and every row's projection (verifier.every_row)."""
+    out = out.detach()
+    if not trial.sample:
+        return out.to("cpu", copy=True)
+    return {"heads": sampled(out, trial).cpu(), "rows": every_row.project(out, trial).cpu()}
 
 
 def sampled(out: torch.Tensor, trial: Trial) -> torch.Tensor:

@@ -7,11 +7,11 @@ earlier trial's inputs must reproduce that trial's output.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from verifier import reference
+from verifier import every_row, reference
 from verifier.spec import Spec
 from verifier.suite import Trial, make_inputs, sampled_inputs
 from verifier.verdict import StageResult
@@ -48,8 +48,10 @@ def tolerance(dtype_error: float, ref_max: float, dtype: torch.dtype) -> float:
     return FACTOR * dtype_error + FLOOR_ULPS * torch.finfo(dtype).eps * max(ref_max, 1e-3)
 
 
-def check_trial(trial: Trial, out: torch.Tensor, spec: Spec, dtype: torch.dtype, device: str) -> TrialCheck:
-    """`out` is the whole output, or for a sampled trial the sampled heads' rows ([n, 1, Sq, D], in order)."""
+def check_trial(trial: Trial, saved, spec: Spec, dtype: torch.dtype, device: str) -> TrialCheck:
+    """`saved` is what the candidate's process saved (verifier.child.saved_output): the whole output, or for a
+    sampled trial its sampled heads ([n, 1, Sq, D], in order) and every row's projection (verifier.every_row)."""
+    out = compared_output(saved)
     heads = None
     if trial.sample:
         q, k, v = sampled_inputs(trial, dtype, device)
@@ -61,21 +63,44 @@ def check_trial(trial: Trial, out: torch.Tensor, spec: Spec, dtype: torch.dtype,
     if tuple(out.shape) != tuple(exact.shape):  # the child saves what it was told to; a mismatch is ours
         raise ValueError(f"{trial.id}: output of shape {tuple(out.shape)} saved, {tuple(exact.shape)} expected")
     check = compare(trial, out.to(device), exact, plain)
-    if trial.sample:  # name the head as the problem numbers it, not by its place in the sample
-        check.worst["batch"], check.worst["head"] = trial.sample[check.worst["batch"]]
+    if not trial.sample:
+        return check
+    check.worst["batch"], check.worst["head"] = trial.sample[check.worst["batch"]]  # as the problem numbers it
+    rows = check_every_row(trial, saved["rows"], spec, dtype, device)
+    if check.ok and not rows.ok:
+        return rows
+    verdict = "within tolerance" if rows.ok else "off too"
+    return replace(check, note=f"every row through a random projection {verdict} (max error {rows.max_error:.3g}, "
+                               f"tolerance {rows.tolerance:.3g})")
+
+
+def check_every_row(trial: Trial, rows: torch.Tensor, spec: Spec, dtype: torch.dtype, device: str) -> TrialCheck:
+    """A sampled trial's output at every row, projected onto one random direction, against the reference's."""
+    exact, plain = every_row.reference_rows(trial, spec, dtype, device)
+    check = compare(trial, rows.to(device).unsqueeze(-1), exact, plain, dtype)
+    del check.worst["col"]  # a projection has one
+    check.note = ("every row projected onto a random +-1 vector over head_dim (the compared heads alone were "
+                  "within tolerance)")
     return check
+
+
+def compared_output(saved) -> torch.Tensor:
+    """The output tensor in what a child saved: a sampled trial's saved heads, or the whole output."""
+    return saved["heads"] if isinstance(saved, dict) else saved
 
 
 def matching_trial(trials: list[Trial], output_path: str, spec: Spec, dtype: torch.dtype,
                    device: str) -> Trial | None:
     """The first of `trials` whose reference the saved output matches within tolerance, if any."""
-    out = torch.load(output_path, map_location="cpu")
-    return next((t for t in trials if check_trial(t, out, spec, dtype, device).ok), None)
+    saved = torch.load(output_path, map_location="cpu")
+    return next((t for t in trials if check_trial(t, saved, spec, dtype, device).ok), None)
 
 
-def compare(trial: Trial, out: torch.Tensor, exact: torch.Tensor, plain: torch.Tensor) -> TrialCheck:
+def compare(trial: Trial, out: torch.Tensor, exact: torch.Tensor, plain: torch.Tensor,
+            dtype: torch.dtype | None = None) -> TrialCheck:
+    """`dtype`: the one whose ulps set the floor, if not out's (a projection is float32 of a bf16 output)."""
     dtype_error = float((plain.double() - exact).abs().max())
-    tol = tolerance(dtype_error, float(exact.abs().max()), out.dtype)
+    tol = tolerance(dtype_error, float(exact.abs().max()), dtype or out.dtype)
     got = out.double()
     nonfinite = ~torch.isfinite(got) & torch.isfinite(exact)
     diff = (got - exact).abs()
@@ -95,9 +120,9 @@ def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch
     checks: list[TrialCheck] = []
     loaded: dict[str, torch.Tensor] = {}
     for trial in trials:
-        out = torch.load(outputs[trial.id], map_location="cpu")
-        loaded[trial.id] = out
-        checks.append(check_trial(trial, out, spec, dtype, device))
+        saved = torch.load(outputs[trial.id], map_location="cpu")
+        loaded[trial.id] = compared_output(saved)
+        checks.append(check_trial(trial, saved, spec, dtype, device))
     failed = [c for c in checks if not c.ok]
     details = {"trials": [asdict(c) for c in checks],
                "max_error": max(c.max_error for c in checks),

@@ -4,8 +4,9 @@ A kernel launched on a grid whose second or third axis counts batch x heads fail
 batches reach that: 512 sequences x 128 heads), and one that computes element offsets in 32 bits goes wrong past
 2**31 elements (a long KV cache reaches that: 8 x 32 heads x 65536 positions x 128). Both pass every trial at
 the target shape. This trial has short rows and more heads than either limit, with q's, k's and v's elements all
-past 2**31; its output is compared at the heads either side of each limit and some others, since moving and
-checking 4 GB of output per candidate would cost more than the rest of the suite.
+past 2**31. Moving and checking 4 GB of output per candidate would cost more than the rest of the suite, so its
+output is compared element by element at the heads either side of each limit and some others, and at every row
+through one random projection (verifier.every_row).
 """
 from __future__ import annotations
 
@@ -80,5 +81,6 @@ def past_limits_trial(target: Shape, covers: Callable[[Shape], bool], free_bytes
     trial = Trial(id="", purpose="past the index limits: more than 65535 batch x heads, more than 2**31 elements "
                                  "in q, k and v", shape=shape, seed=seed, sample=sample_heads(shape, seed))
     note = (f"the suite has a trial past the index limits, {shape.label()} (more than 65535 batch x heads, more "
-            f"than 2**31 elements in q, k and v), its output compared at {len(trial.sample)} heads")
+            f"than 2**31 elements in q, k and v), its output compared at {len(trial.sample)} heads and at every row "
+            "through a random projection")
     return trial, note

@@ -163,10 +163,11 @@ def _tiled(trial: Trial, name: str, dtype: torch.dtype, device) -> torch.Tensor:
     return _gathered(trial, name, torch.arange(s.batch * heads, device=device), dtype, device).view(shape)
 
 
-def sampled_inputs(trial: Trial, dtype: torch.dtype, device):
-    """q, k, v of a sampled trial's compared heads only: [n, 1, S, D] each, k and v those each q head reads."""
+def sampled_inputs(trial: Trial, dtype: torch.dtype, device, heads=None):
+    """q, k, v of a sampled trial at some heads only: [n, 1, S, D] each, k and v those each q head reads. `heads`:
+    batch and head index vectors of one length n; by default the trial's sample."""
     s = trial.shape
-    b, h = (torch.tensor(i, device=device) for i in trial.sampled_heads())
+    b, h = (torch.as_tensor(i, device=device) for i in (heads or trial.sampled_heads()))
     flat = {"q": b * s.heads + h, "k": b * s.kv_heads + h // s.group}
     flat["v"] = flat["k"]
     return tuple(_gathered(trial, name, flat[name], dtype, device).unsqueeze(1) for name in "qkv")

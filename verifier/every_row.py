@@ -1,0 +1,51 @@
+"""A sampled trial's output at every row, seen through one random direction.
+
+The trial past the index limits has a 4 GB output; the verifier compares 40 heads of it element by element
+(verifier.past_limits). So that no head goes unseen, the candidate's process also projects every output row onto a
+random +-1 vector over head_dim ([B, H, Sq] float32, 1/64 of the output's bytes at D128), and the verifier compares
+that with the same projection of the reference, built head chunk by head chunk. A wrong row moves its projection by
+about sqrt(D) times its error, however few heads are wrong and wherever they are; a kernel cannot pass it by getting
+the sampled heads right, nor without computing every row.
+"""
+from __future__ import annotations
+
+import torch
+
+from verifier import reference
+from verifier.spec import Spec
+from verifier.suite import Trial, sampled_inputs
+
+CHUNK_HEADS = 8192  # heads projected, or referenced, at once: 100-200 MB of temporaries at 48 rows and D128
+
+
+def direction(trial: Trial, head_dim: int, device) -> torch.Tensor:
+    """The +-1 vector both processes project onto, float32 (drawn on the CPU: the same in every process)."""
+    g = torch.Generator().manual_seed(trial.seed + 101)
+    signs = torch.randint(0, 2, (head_dim,), generator=g) * 2 - 1
+    return signs.to(device=device, dtype=torch.float32)
+
+
+def project(out: torch.Tensor, trial: Trial) -> torch.Tensor:
+    """Each row of the output [B, H, Sq, D] dotted with the direction: [B, H, Sq] float32, on out's device. Any
+    strides: a chunk of heads at a time, never a float copy of the whole output."""
+    w = direction(trial, out.shape[-1], out.device)
+    rows = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)
+    for b in range(out.shape[0]):
+        for start in range(0, out.shape[1], CHUNK_HEADS):
+            rows[b, start:start + CHUNK_HEADS] = out[b, start:start + CHUNK_HEADS].float() @ w
+    return rows
+
+
+def reference_rows(trial: Trial, spec: Spec, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection of the exact output (float64) and of the straightforward one in `dtype` (which sets the
+    tolerance, verifier.numerics), each [B, H, Sq, 1]: every head of the trial, built a chunk at a time."""
+    s = trial.shape
+    w = direction(trial, s.head_dim, device).double()
+    exact, plain = [], []
+    for flat in torch.arange(s.batch * s.heads, device=device).split(CHUNK_HEADS):
+        heads = (flat // s.heads, flat % s.heads)
+        q, k, v = sampled_inputs(trial, dtype, device, heads)
+        exact.append(reference.exact(q, k, v, spec, trial.scale, s, heads)[:, 0] @ w)
+        plain.append(reference.straightforward(q, k, v, spec, trial.scale, s, heads)[:, 0].double() @ w)
+    grid = (s.batch, s.heads, s.seq_len, 1)
+    return torch.cat(exact).view(grid), torch.cat(plain).view(grid)
