@@ -274,15 +274,8 @@ def saved_output(out: torch.Tensor, trial: Trial):
     out = out.detach()
     if not trial.sample:
         return out.to("cpu", copy=True)
-    return {"heads": sampled(out, trial).cpu(), "rows": every_row.project(out, trial).cpu()}
-
-
-def sampled(out: torch.Tensor, trial: Trial) -> torch.Tensor:
-    """The output, or a sampled trial's compared heads of it: [n, 1, Sq, D] (verifier.numerics.check_trial)."""
-    if not trial.sample:
-        return out
     b, h = (torch.tensor(i, device=out.device) for i in trial.sampled_heads())
-    return out[b, h].unsqueeze(1)
+    return {"heads": out[b, h].unsqueeze(1).cpu(), "rows": every_row.project(out, trial).cpu()}  # [n, 1, Sq, D]
 
 
 def fingerprint(t: torch.Tensor) -> tuple[int, int]:
