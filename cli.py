@@ -40,6 +40,9 @@ Timeout = Annotated[float, typer.Option("--timeout", help="Seconds a single call
                                         "hang.")]
 CompileTimeout = Annotated[float, typer.Option("--compile-timeout", help="Seconds for importing the kernel and its "
                                                "first call (where Triton compiles).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of the verifier's inputs, to repeat a "
+                                           "verification. Default: a fresh one each time, named in the report.",
+                                           show_default=False)]
 
 DEFAULTS = dict(batch=4, heads=16, seq_len=4096, head_dim=64, dtype="bf16", timeout=60.0, compile_timeout=300.0)
 
@@ -78,6 +81,7 @@ def verify(
     seq_len: SeqLen = DEFAULTS["seq_len"], kv_seq_len: KvSeqLen = None, head_dim: HeadDim = DEFAULTS["head_dim"],
     dtype: Dtype = DEFAULTS["dtype"], device: Device = None,
     timeout: Timeout = DEFAULTS["timeout"], compile_timeout: CompileTimeout = DEFAULTS["compile_timeout"],
+    seed: Seed = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
     require_single_kernel: Annotated[bool, typer.Option("--require-single-kernel",
                                                         help="Reject kernels that launch more than once per call.")] = False,
@@ -96,7 +100,7 @@ def verify(
     if not kernel.is_file():
         fail_usage(f"kernel file {kernel} does not exist.")
     options = VerifyOptions(limits=Limits(compile_s=compile_timeout, call_s=timeout), baseline=baseline,
-                            require_single_kernel=require_single_kernel)
+                            require_single_kernel=require_single_kernel, seed=seed)
     verifier = Verifier(problem, options, spec=spec)
     with err.status(f"verifying {kernel} on {problem.shape.label()} {problem.dtype} ({problem.device})"):
         verdict = verifier.verify(kernel.read_text())
@@ -116,6 +120,7 @@ def attention(
     seq_len: SeqLen = DEFAULTS["seq_len"], kv_seq_len: KvSeqLen = None, head_dim: HeadDim = DEFAULTS["head_dim"],
     dtype: Dtype = DEFAULTS["dtype"], device: Device = None,
     timeout: Timeout = DEFAULTS["timeout"], compile_timeout: CompileTimeout = DEFAULTS["compile_timeout"],
+    seed: Seed = None,
     model: Annotated[Optional[str], typer.Option("--model", envvar="KGEN_MODEL", help="Model id at an OpenAI-"
                      "compatible endpoint. Without one, only the built-in proposer runs (offline).",
                      show_default=False)] = None,
@@ -158,7 +163,7 @@ def attention(
         session = start_session(problem, spec, model_config, SearchConfig(budget_s=budget_s, max_attempts=max_attempts),
                                 runs_dir=runs_dir, samples=samples, stall_after=stall_after, builtin=builtin,
                                 limits=Limits(compile_s=compile_timeout, call_s=timeout), baseline=baseline,
-                                command=sys.argv)
+                                seed=seed, command=sys.argv)
     except SessionError as e:
         fail_usage(str(e))
     for note in session.notes:

@@ -44,7 +44,8 @@ class Session:
 
 def start_session(problem: Problem, spec: Spec, model_config: ModelConfig | None, search_config: SearchConfig, *,
                   runs_dir: Path, samples: int = 2, stall_after: int = 4, builtin: bool = True,
-                  limits: Limits | None = None, baseline: bool = True, command: list[str] | None = None) -> Session:
+                  limits: Limits | None = None, baseline: bool = True, seed: int | None = None,
+                  command: list[str] | None = None) -> Session:
     notes: list[str] = []
     proposers = []
     if builtin:
@@ -64,10 +65,11 @@ def start_session(problem: Problem, spec: Spec, model_config: ModelConfig | None
         proposers += [ModelProposer(client, lineage=i + 1, stall_after=stall_after) for i in range(samples)]
     if not proposers:
         raise SessionError("nothing to search with: --no-builtin needs a model (--model).")
-    verifier = Verifier(problem, VerifyOptions(limits=limits or Limits(), baseline=baseline), spec=spec)
+    verifier = Verifier(problem, VerifyOptions(limits=limits or Limits(), baseline=baseline, seed=seed),
+                        spec=spec)
     rundir = RunDir.create(runs_dir, spec.name)
     config = {"search": asdict(search_config), "samples": samples, "stall_after": stall_after, "builtin": builtin,
-              "limits": asdict(verifier.options.limits), "baseline": baseline,
+              "limits": asdict(verifier.options.limits), "baseline": baseline, "seed": verifier.seed,
               "model": model_config.public() if model_config else None}
     record = RunRecord(id=rundir.id, command=list(command or sys.argv), problem=problem.to_dict(),
                        spec={**spec.describe(), "source": spec.source}, config=config, environment=environment(problem),

@@ -55,6 +55,23 @@ def test_the_honest_version_of_the_cheats_is_accepted(verifier):
     assert verifier("noop").verify(honest).accepted
 
 
+def test_a_kernel_fitted_to_one_seeds_inputs_passes_that_seed_and_fails_a_fresh_one(verifier):
+    """Why the verifier's inputs are drawn afresh: a kernel right only on the values it was shown passes a suite
+    of those values, and is wrong at the first trial of any other seed."""
+    from verifier.verify import Verifier
+
+    fixed = verifier("noop")  # the tests' fixed seed
+    seen = {tuple(make_inputs(t, torch.float16, "cpu")[0][0, 0, 0, :4].tolist()) for t in fixed.suite}
+    source = kernel_file("fitted_to_inputs.py").replace("SEEN = set()", f"SEEN = {seen!r}")
+    shown = fixed.verify(source)
+    assert shown.accepted, f"{shown.reason}: {shown.message}"
+    fresh = Verifier(fixed.problem)
+    verdict = fresh.verify(source)
+    assert fresh.seed != fixed.seed
+    assert (verdict.reason, verdict.failed_stage.stage) == ("wrong_output", "numerics"), verdict.message
+    assert "First: t00 target " in verdict.message
+
+
 def test_materialized_scores_on_cpu(verifier):
     """The threshold follows the capped CPU target, so a 512-long target still catches a 128 x 128 score matrix."""
     verdict = verifier("noop", shape=Shape(1, 2, 2, 512, 512, 16)).verify(kernel_file("materializes_scores.py"))

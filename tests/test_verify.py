@@ -340,6 +340,25 @@ def test_suite_covers_what_the_issue_asks(target, interpreted):
     assert (repeat.shape, repeat.dist, repeat.seed, repeat.scale) == (top, "normal", suite[0].seed, suite[0].scale)
 
 
+def test_every_input_is_drawn_from_the_verifiers_seed(verifier):
+    """A fresh seed for each verifier (a kernel cannot be fitted to inputs it has seen), one given repeats a
+    verification, and no two groups of inputs (the suite's trials, the timed calls' versions) share a seed."""
+    from verifier.suite import RotatingInputs
+    from verifier.verify import Verifier, VerifyOptions
+
+    problem = verifier("noop").problem
+    first, second = Verifier(problem), Verifier(problem)
+    assert first.seed != second.seed
+    assert [t.seed for t in first.suite] != [t.seed for t in second.suite]
+    again = Verifier(problem, VerifyOptions(seed=first.seed))
+    assert again.suite == first.suite and again.timing_seeds == first.timing_seeds
+    assert any(f"seed {first.seed}" in note for note in first.notes)
+    trial_seeds = [t.seed for t in first.suite if t.repeat_of is None]
+    assert len(set(trial_seeds)) == len(trial_seeds) and min(trial_seeds) == first.seed
+    timed = {RotatingInputs.seed_of(s, version) for s in first.timing_seeds for version in range(10_000)}
+    assert not timed & set(trial_seeds)
+
+
 def test_a_hung_kernel_dies_with_the_verifier(tmp_path, specs):
     """The verifier killed outright (SIGKILL, no cleanup) must not leave the candidate's process spinning."""
     import os

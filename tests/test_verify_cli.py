@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,11 @@ def kernel(tmp_path):
 
 
 def test_accepted_kernel_exits_0_with_json(specs, kernel):
-    result = kgen("verify", kernel(flash_source(mask="causal")), "--mask-mod", specs / "causal.py", *SMALL, "--json")
+    result = kgen("verify", kernel(flash_source(mask="causal")), "--mask-mod", specs / "causal.py", *SMALL, "--json",
+                  "--seed", "12345")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    assert "inputs drawn from seed 12345 (--seed 12345 draws the same ones again)" in report["verdict"]["notes"]
     assert report["verdict"]["accepted"] is True and report["verdict"]["reason"] is None
     assert report["problem"]["device"] == "cpu" and report["spec"]["mask_mod"] is True
     assert [s["stage"] for s in report["verdict"]["stages"]] == ["static", "run", "integrity", "numerics"]
@@ -50,6 +53,8 @@ def test_rejected_kernel_exits_1(specs, kernel):
     plain = kgen("verify", path, *SMALL)
     assert plain.returncode == 1
     assert "REJECTED" in plain.stdout and "forbidden_call" in plain.stdout and "torch" in plain.stdout
+    seeds = [re.search(r"inputs drawn from seed (\d+)", text).group(1) for text in (result.stdout, plain.stdout)]
+    assert seeds[0] != seeds[1]  # a fresh seed each time, named
 
 
 def test_rejected_at_run_time_exits_1(kernel):

@@ -66,8 +66,10 @@ def input_bytes(shape: Shape, element_size: int = 2) -> int:
     return (2 * q + 2 * kv) * element_size
 
 
-def past_limits_trial(target: Shape, covers: Callable[[Shape], bool], free_bytes: int) -> tuple[Trial | None, str]:
-    """The trial (its id is set by the suite) and a note for the report, or None and why it is left out."""
+def past_limits_trial(target: Shape, covers: Callable[[Shape], bool], free_bytes: int,
+                      seed: int = 4242) -> tuple[Trial | None, str]:
+    """The trial (its id is set by the suite) and a note for the report, or None and why it is left out. `seed`
+    draws its inputs, its sampled heads and its projection's direction."""
     shape = past_limits_shape(target, covers)
     if shape is None:
         return None, ("not tried past 65535 batch x heads and 2**31 elements: the spec's captured buffers cover "
@@ -77,7 +79,6 @@ def past_limits_trial(target: Shape, covers: Callable[[Shape], bool], free_bytes
     if free_bytes < need:
         return None, (f"not tried past 65535 batch x heads and 2**31 elements ({shape.label()}): it needs about "
                       f"{need / 2**30:.0f} GiB of GPU memory and {free_bytes / 2**30:.0f} GiB are free")
-    seed = 4242
     trial = Trial(id="", purpose="past the index limits: more than 65535 batch x heads, more than 2**31 elements "
                                  "in q, k and v", shape=shape, seed=seed, sample=sample_heads(shape, seed))
     note = (f"the suite has a trial past the index limits, {shape.label()} (more than 65535 batch x heads, more "

@@ -6,6 +6,7 @@ candidate's process and the verifier's process build identical tensors without s
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -64,10 +65,16 @@ def interpreter_cap(shape: Shape) -> Shape:
                    kv_seq_len=min(shape.kv_seq_len, CPU_MAX_LEN))
 
 
-def build_suite(target: Shape, interpreted: bool, past_limits: Trial | None = None) -> list[Trial]:
+def fresh_seed() -> int:
+    """The seed of one verifier's inputs, new for each (`kgen verify --seed` repeats one). Fixed inputs would let a
+    kernel be fitted to them: tuned, or told by its failures, until it is right on those values alone."""
+    return secrets.randbelow(1 << 31)
+
+
+def build_suite(target: Shape, interpreted: bool, past_limits: Trial | None = None, seed: int = 1000) -> list[Trial]:
     """Target shape and distributions first, then ragged lengths, Sq != Skv both ways, explicit scale, layouts,
     then `past_limits` where given (verifier.past_limits); last, the first trial once more with the same inputs,
-    which must give the same output."""
+    which must give the same output. The i-th trial of the plan draws its inputs from `seed + i`."""
     top = interpreter_cap(target) if interpreted else target
     kv_heads = min(top.kv_heads, 2)
     small = replace(top, batch=min(top.batch, 2), kv_heads=kv_heads, heads=kv_heads * top.group)
@@ -107,7 +114,7 @@ def build_suite(target: Shape, interpreted: bool, past_limits: Trial | None = No
         if key in seen:
             continue
         seen.add(key)
-        trials.append(Trial(id=f"t{len(trials):02d}", purpose=purpose, shape=shape, dist=dist, seed=1000 + i,
+        trials.append(Trial(id=f"t{len(trials):02d}", purpose=purpose, shape=shape, dist=dist, seed=seed + i,
                             scale=scale, layout=layout))
     if past_limits is not None:
         trials.append(replace(past_limits, id=f"t{len(trials):02d}"))

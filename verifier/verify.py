@@ -22,10 +22,12 @@ from verifier.reference import mask_density
 from verifier.sandbox import Child, ChildResult, Limits, describe_signal
 from verifier.spec import Spec, covers, load_spec, validate_on_shape
 from verifier.static import SourceFacts, check_source
-from verifier.suite import RotatingInputs, Trial, build_suite
+from verifier.suite import RotatingInputs, Trial, build_suite, fresh_seed
 from verifier.verdict import Metrics, StageResult, Verdict, conclude
 
-TIMING_SEEDS = (9001, 9002, 9003)
+# where each group of inputs starts from the verifier's seed: the suite's trials at +0, +1, ... (verifier.suite);
+# these are far enough apart that no two inputs share a seed (seed 1000 gives the fixed seeds of earlier versions)
+PAST_LIMITS_SEED, TIMING_SEEDS = 3242, (8001, 8002, 8003)
 IMPLAUSIBLE_MARGIN = 1.02  # above the measured matmul peak by more than this: not a real measurement
 WALL_SLACK_MS, WALL_FACTOR = 0.25, 1.5  # events vs a synchronised wall clock
 
@@ -45,6 +47,7 @@ class VerifyOptions:
     baseline: bool = True  # time FlexAttention for the "x.xx× flex" ratio (cached on disk)
     require_single_kernel: bool = False
     past_limits: bool = True  # on a GPU, the trial past 65535 batch x heads and 2**31 elements (verifier.past_limits)
+    seed: int | None = None  # of every input the verifier makes; None: a fresh one (verifier.suite.fresh_seed)
     cancel: threading.Event | None = None
 
 
@@ -57,12 +60,16 @@ class Verifier:
         validate_on_shape(self.spec, problem.shape)
         self.interpreted = problem.device == "cpu"
         self.run_dtype = "fp16" if self.interpreted and problem.dtype == "bf16" else problem.dtype
-        self.notes = list(self.spec.notes)
+        self.seed = fresh_seed() if self.options.seed is None else self.options.seed
+        self.timing_seeds = [self.seed + offset for offset in TIMING_SEEDS]
+        self.notes = list(self.spec.notes) + [f"inputs drawn from seed {self.seed} (--seed {self.seed} draws the "
+                                              "same ones again)"]
         past_limits = None
         if not self.interpreted and self.options.past_limits:
-            past_limits, note = past_limits_trial(problem.shape, lambda s: covers(self.spec, s), _free_gpu_bytes())
+            past_limits, note = past_limits_trial(problem.shape, lambda s: covers(self.spec, s), _free_gpu_bytes(),
+                                                  self.seed + PAST_LIMITS_SEED)
             self.notes.append(note)
-        self.suite = build_suite(problem.shape, self.interpreted, past_limits)
+        self.suite = build_suite(problem.shape, self.interpreted, past_limits, self.seed)
         if self.interpreted:
             self.notes.append("CPU: kernels run under Triton's interpreter on shapes capped at "
                               f"{self.suite[0].shape.label()}; timing skipped")
@@ -145,7 +152,7 @@ class Verifier:
         job = {"kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec), "device": self.problem.device,
                "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()), "jit_functions": facts.jit_functions,
                "trials": [t.to_dict() for t in self.suite], "then_time": timed,
-               "shape": asdict(self.problem.shape), "seeds": list(TIMING_SEEDS)}
+               "shape": asdict(self.problem.shape), "seeds": self.timing_seeds}
         env = {"TRITON_INTERPRET": "1"} if self.interpreted else {}
         return Child(job, workdir, self.options.limits, env, self.options.cancel)
 
@@ -201,7 +208,7 @@ class Verifier:
     def _recheck_timed(self, paths: list[str], versions: list[int]) -> StageResult:
         """The outputs of the last timed calls, against the values their inputs held then."""
         def trial(i: int, version: int) -> Trial:
-            seed = RotatingInputs.seed_of(TIMING_SEEDS[i], version)
+            seed = RotatingInputs.seed_of(self.timing_seeds[i], version)
             return Trial(id=f"timed_{i}", purpose="timed call", shape=self.problem.shape, seed=seed)
 
         trials = [trial(i, version) for i, version in enumerate(versions)]
@@ -215,7 +222,7 @@ class Verifier:
             earlier = [trial(i, v) for v in sorted({0, version - 1}) if 0 <= v < version]
             stale = numerics.matching_trial(earlier, paths[i], self.spec, dtype, self.problem.device)
             if stale is not None:
-                held = (stale.seed - TIMING_SEEDS[i]) // RotatingInputs.VERSION_STRIDE
+                held = (stale.seed - self.timing_seeds[i]) // RotatingInputs.VERSION_STRIDE
                 return StageResult.failed("timed outputs", "cached_output", (
                     f"While being timed, the output for input set {i} equals the result for the values those "
                     f"same tensors held at an earlier call (version {held} of {version}): the kernel replays "
