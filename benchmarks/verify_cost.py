@@ -1,0 +1,98 @@
+"""What one verification costs, stage by stage: a built-in kernel for each spec judged by the verifier as
+`kgen attention` judges every attempt, on a GPU with and without the trial past the index limits
+(verifier.past_limits), or on the CPU under Triton's interpreter. Timing is off (it is the same for every
+candidate); a cold first verification of a spec compiles, so each case runs once cold and is then measured warm.
+
+    python benchmarks/verify_cost.py --specs noop,key_padding,dilated_causal --shape 2x16x2048x128
+    python benchmarks/verify_cost.py --device cpu --specs noop --shape 1x2x64x32 --past-limits off
+
+Prints one table (seconds); with --out, the rows as JSON too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.builtin.lower import lower_spec  # noqa: E402
+from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from agent.proposers import first_configs  # noqa: E402
+from benchmarks.bench import parse_shape  # noqa: E402
+from verifier.problem import Problem  # noqa: E402
+from verifier.spec import SpecFiles, load_spec  # noqa: E402
+from verifier.verify import Verifier, VerifyOptions  # noqa: E402
+
+
+@dataclass
+class Row:
+    spec: str
+    config: str
+    past_limits: bool
+    verdict: str
+    seconds: float  # the whole verification
+    child: float  # the candidate's process: import, first call, every trial
+    numerics: float  # the verifier's references and comparisons (the every-row check included)
+    trials: int
+    largest: str  # the suite's largest trial
+
+
+def judge(spec_path: Path, shape, device: str, config: str | None, past_limits: bool) -> Row:
+    spec = load_spec(SpecFiles(str(spec_path)))
+    problem = Problem(SpecFiles(str(spec_path.resolve())), shape, "bf16", device)
+    verifier = Verifier(problem, VerifyOptions(time=False, baseline=False, past_limits=past_limits), spec=spec)
+    cfg = KernelConfig.from_label(config) if config else first_configs(shape.head_dim, device == "cpu")[0]
+    source = render_kernel(spec.name, lower_spec(spec), cfg)
+    verifier.verify(source)  # cold: compiles
+    started = time.monotonic()
+    verdict = verifier.verify(source)
+    seconds = time.monotonic() - started
+    stages = {s.stage: s for s in verdict.stages}
+    run = stages.get("run")
+    largest = max(verifier.suite, key=lambda t: t.shape.batch * t.shape.heads * t.shape.seq_len)
+    return Row(spec=spec.name, config=cfg.label(), past_limits=any(t.sample for t in verifier.suite),
+               verdict="accepted" if verdict.accepted else f"{verdict.reason}: {verdict.message[:80]}",
+               seconds=seconds, child=run.details.get("seconds", 0.0) if run else 0.0,
+               numerics=stages["numerics"].seconds if "numerics" in stages else 0.0, trials=len(verifier.suite),
+               largest=largest.shape.label())
+
+
+def print_table(rows: list[Row]) -> None:
+    print("| spec | config | past-limits trial | verdict | seconds | child | numerics | trials | largest trial |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.spec} | {r.config} | {'yes' if r.past_limits else 'no'} | {r.verdict} | {r.seconds:.2f} | "
+              f"{r.child:.2f} | {r.numerics:.2f} | {r.trials} | {r.largest} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", default="noop,key_padding,dilated_causal")
+    parser.add_argument("--spec-dir", default=str(ROOT / "examples" / "specs"))
+    parser.add_argument("--shape", default="2x16x2048x128", help="BxHxNxD (BxH/HKVxNxD with GQA)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--config", help="the built-in config to judge (default: the search's first)")
+    parser.add_argument("--past-limits", default="both", choices=("both", "on", "off"),
+                        help="with the trial past the index limits, without it, or both (GPU only)")
+    parser.add_argument("--out", type=Path, help="also write the rows here as JSON")
+    args = parser.parse_args(argv)
+    shape = parse_shape(args.shape)
+    settings = {"both": [False, True], "on": [True], "off": [False]}[args.past_limits]
+    rows = []
+    for name in args.specs.split(","):
+        for past_limits in settings:
+            rows.append(judge(Path(args.spec_dir) / f"{name}.py", shape, args.device, args.config, past_limits))
+            print(f"{name} past-limits={past_limits}: {rows[-1].seconds:.1f} s, {rows[-1].verdict}", flush=True)
+            if args.out:
+                args.out.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    print_table(rows)
+    return 0 if all(r.verdict == "accepted" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
