@@ -230,7 +230,8 @@ def best_header(run_id: str, verifier: Verifier, attempt: Attempt) -> str:
               f"checked on q, k, v laid out {layouts_tried(verifier.suite)}, at head_dim {top.head_dim} with "
               f"{top.group} query head(s) per key/value head, shapes up to {top.label()}",
               _past_limits_tried(verifier.suite),
-              f"inputs drawn from seed {verifier.seed} (`kgen verify --seed {verifier.seed}` draws them again)",
+              f"its inputs drawn from seed {seed} (`kgen verify --seed {seed}` draws them again)"
+              if (seed := attempt.verdict.seed) is not None else "",
               "contract: attention(q, k, v, *, scale=None, **buffers) -> o"]
     return "".join(f"# {line}\n" for line in lines if line)
 

@@ -69,14 +69,20 @@ def start_session(problem: Problem, spec: Spec, model_config: ModelConfig | None
                         spec=spec)
     rundir = RunDir.create(runs_dir, spec.name)
     config = {"search": asdict(search_config), "samples": samples, "stall_after": stall_after, "builtin": builtin,
-              "limits": asdict(verifier.options.limits), "baseline": baseline, "seed": verifier.seed,
+              "limits": asdict(verifier.options.limits), "baseline": baseline, "seed": seed,
               "model": model_config.public() if model_config else None}
     record = RunRecord(id=rundir.id, command=list(command or sys.argv), problem=problem.to_dict(),
                        spec={**spec.describe(), "source": spec.source}, config=config, environment=environment(problem),
-                       started_at=utc_now(), notes=notes + verifier.notes)
+                       started_at=utc_now(), notes=notes + verifier.notes + [_seed_note(seed)])
     rundir.write_record(record)
     search = Search(verifier, rundir, record, proposers, search_config)
     return Session(problem, spec, verifier, search, rundir, record, model_config, notes)
+
+
+def _seed_note(seed: int | None) -> str:
+    if seed is None:
+        return "each verification draws its inputs from a fresh seed, named in its report (--seed N repeats one)"
+    return f"every verification draws its inputs from seed {seed} (--seed)"
 
 
 def environment(problem: Problem) -> dict:

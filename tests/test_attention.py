@@ -77,6 +77,9 @@ def test_model_kernel_accepted_first_try(server, tmp_path):
     assert "# checked on q, k, v laid out contiguous, transposed ([B, S, H, D] memory) and as views into wider " \
            "memory (fused projections, a longer KV cache), at head_dim 16 with 1 query head(s) per key/value head, " \
            "shapes up to B2 H2 N48 D16\n" in best
+    seed = json.loads((run / "attempts" / "0001" / "verdict.json").read_text())["seed"]  # fresh each time
+    assert f"# its inputs drawn from seed {seed} (`kgen verify --seed {seed}` draws them again)\n" in best
+    assert record["config"]["seed"] is None and any("fresh seed" in note for note in record["notes"])
     prompt = (run / "attempts" / "0001" / "prompt.md").read_text()
     assert prompt.count("===== ") == 2 and "===== system" in prompt and "===== user" in prompt
     chat_headers = [headers for path, headers, _ in server.requests if path.endswith("/chat/completions")]

@@ -65,11 +65,14 @@ def test_a_kernel_fitted_to_one_seeds_inputs_passes_that_seed_and_fails_a_fresh_
     source = kernel_file("fitted_to_inputs.py").replace("SEEN = set()", f"SEEN = {seen!r}")
     shown = fixed.verify(source)
     assert shown.accepted, f"{shown.reason}: {shown.message}"
-    fresh = Verifier(fixed.problem)
-    verdict = fresh.verify(source)
-    assert fresh.seed != fixed.seed
-    assert (verdict.reason, verdict.failed_stage.stage) == ("wrong_output", "numerics"), verdict.message
-    assert "First: t00 target " in verdict.message
+    assert shown.seed == 1000
+    fresh = Verifier(fixed.problem)  # as a user's: a new seed for every verification
+    verdicts = [fresh.verify(source) for _ in range(2)]
+    for verdict in verdicts:
+        assert (verdict.reason, verdict.failed_stage.stage) == ("wrong_output", "numerics"), verdict.message
+        assert "First: t00 target " in verdict.message
+        assert f"inputs drawn from seed {verdict.seed} (--seed {verdict.seed} draws" in " ".join(verdict.notes)
+    assert len({1000, verdicts[0].seed, verdicts[1].seed}) == 3
 
 
 def test_materialized_scores_on_cpu(verifier):
@@ -249,22 +252,21 @@ def test_timed_inputs_keep_their_memory_and_get_values_they_never_held():
 def test_a_timed_output_of_values_the_inputs_held_earlier_is_cached_output(verifier, tmp_path):
     """The timed re-check names replay when an output matches what its (same) tensors held at an earlier call."""
     from verifier import reference
-    from verifier.verify import TIMING_SEEDS
-
     checker = verifier("noop")
+    timing_seeds = checker.draw().timing_seeds
     shape, dtype = checker.problem.shape, torch.float16
 
     def saved(i: int, version: int) -> str:
-        trial = Trial(id="t", purpose="t", shape=shape, seed=RotatingInputs.seed_of(TIMING_SEEDS[i], version))
+        trial = Trial(id="t", purpose="t", shape=shape, seed=RotatingInputs.seed_of(timing_seeds[i], version))
         q, k, v = make_inputs(trial, dtype, "cpu")
         path = tmp_path / f"out_{i}_{version}.pt"
         torch.save(reference.exact(q, k, v, checker.spec, None, shape).to(dtype), path)
         return str(path)
 
     versions = [4, 3, 3]
-    honest = checker._recheck_timed([saved(i, n) for i, n in enumerate(versions)], versions)
+    honest = checker._recheck_timed([saved(i, n) for i, n in enumerate(versions)], versions, timing_seeds)
     assert honest.ok, honest.message
-    replayed = checker._recheck_timed([saved(0, 4), saved(1, 0), saved(2, 3)], versions)  # set 1: first values
+    replayed = checker._recheck_timed([saved(0, 4), saved(1, 0), saved(2, 3)], versions, timing_seeds)  # set 1: first values
     assert (replayed.ok, replayed.reason, replayed.stage) == (False, "cached_output", "timed outputs")
     assert "input set 1" in replayed.message and "version 0 of 3" in replayed.message
 

@@ -93,6 +93,7 @@ class Verdict:
     metrics: Metrics = field(default_factory=Metrics)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    seed: int | None = None  # of every input this verification drew (`--seed` draws them again)
 
     @property
     def failed_stage(self) -> StageResult | None:
@@ -109,9 +110,10 @@ class Verdict:
         return cls(stages=stages, metrics=metrics, **rest)
 
 
-def conclude(stages: list[StageResult], metrics: Metrics, notes: list[str], seconds: float) -> Verdict:
+def conclude(stages: list[StageResult], metrics: Metrics, notes: list[str], seconds: float,
+             seed: int | None = None) -> Verdict:
     """The verdict is the first failed stage's, or accepted when every stage passed."""
     failed = next((s for s in stages if not s.ok), None)
     if failed is None:
-        return Verdict(True, None, "accepted", stages, metrics, notes, seconds)
-    return Verdict(False, failed.reason, failed.message, stages, metrics, notes, seconds)
+        return Verdict(True, None, "accepted", stages, metrics, notes, seconds, seed)
+    return Verdict(False, failed.reason, failed.message, stages, metrics, notes, seconds, seed)

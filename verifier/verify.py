@@ -51,6 +51,14 @@ class VerifyOptions:
     cancel: threading.Event | None = None
 
 
+@dataclass(frozen=True)
+class Draw:
+    """The inputs of one verification: its seed, the suite's trials drawn from it, and the timed calls' seeds."""
+    seed: int
+    suite: list[Trial]
+    timing_seeds: list[int]
+
+
 class Verifier:
     def __init__(self, problem: Problem, options: VerifyOptions | None = None, spec: Spec | None = None):
         # by absolute path: the verifier's and the baseline's child processes run in their own directories
@@ -60,10 +68,8 @@ class Verifier:
         validate_on_shape(self.spec, problem.shape)
         self.interpreted = problem.device == "cpu"
         self.run_dtype = "fp16" if self.interpreted and problem.dtype == "bf16" else problem.dtype
-        self.seed = fresh_seed() if self.options.seed is None else self.options.seed
-        self.timing_seeds = [self.seed + offset for offset in TIMING_SEEDS]
-        self.notes = list(self.spec.notes) + [f"inputs drawn from seed {self.seed} (--seed {self.seed} draws the "
-                                              "same ones again)"]
+        self.seed = fresh_seed() if self.options.seed is None else self.options.seed  # the one `suite` is drawn from
+        self.notes = list(self.spec.notes)
         past_limits = None
         if not self.interpreted and self.options.past_limits:
             past_limits, note = past_limits_trial(problem.shape, lambda s: covers(self.spec, s), _free_gpu_bytes(),
@@ -98,23 +104,34 @@ class Verifier:
             self._baseline = measure_baseline(self.problem, self.density, self.options.limits)
         return self._baseline
 
+    def draw(self) -> Draw:
+        """One verification's inputs: from the given seed (VerifyOptions.seed) in every verification, else from a
+        fresh one each time, so that no two verifications of a run see the same values (a kernel reworked on the
+        evidence of a failure meets new ones). The past-limits trial keeps its sampled heads: every row is checked."""
+        seed = self.seed if self.options.seed is not None else fresh_seed()
+        shift = seed - self.seed
+        return Draw(seed, [replace(t, seed=t.seed + shift) for t in self.suite],
+                    [seed + offset for offset in TIMING_SEEDS])
+
     # ------------------------------------------------------------------------------------------- verify
     def verify(self, source: str, workdir: Path | None = None) -> Verdict:
         """Judge `source`. Child files go to `workdir` (kept) or a temporary folder (removed)."""
         started = time.monotonic()
+        draw = self.draw()
         owned = workdir is None
         workdir = Path(tempfile.mkdtemp(prefix="kgen-verify-")) if owned else Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            stages, metrics = self._stages(source, workdir)
+            stages, metrics = self._stages(source, workdir, draw)
         finally:
             for pt in workdir.glob("*/*.pt"):
                 pt.unlink()  # outputs can be large; the verdict keeps what they showed
             if owned:
                 shutil.rmtree(workdir, ignore_errors=True)
-        return conclude(stages, metrics, self.notes, time.monotonic() - started)
+        notes = self.notes + [f"inputs drawn from seed {draw.seed} (--seed {draw.seed} draws the same ones again)"]
+        return conclude(stages, metrics, notes, time.monotonic() - started, draw.seed)
 
-    def _stages(self, source: str, workdir: Path) -> tuple[list[StageResult], Metrics]:
+    def _stages(self, source: str, workdir: Path, draw: Draw) -> tuple[list[StageResult], Metrics]:
         metrics = Metrics(mask_density=self.density)
         static, facts = check_source(source)
         stages = [static]
@@ -127,11 +144,11 @@ class Verifier:
         kernel = workdir / "kernel.py"
         kernel.write_text(source)
         timed = not self.interpreted and self.options.time
-        child = self._start(kernel, facts, workdir / "check", timed)
+        child = self._start(kernel, facts, workdir / "check", timed, draw)
         try:
-            stages += self._check(child, timed)
+            stages += self._check(child, timed, draw.suite)
             if timed and all(s.ok for s in stages):
-                stages += self._timing(child, metrics)
+                stages += self._timing(child, metrics, draw.timing_seeds)
             elif child.result.status == "running":
                 child.send("stop")  # judged already: let it finish (its last tamper report included)
                 child.follow()
@@ -148,27 +165,27 @@ class Verifier:
             metrics.error_budget_used = numbers.details.get("error_budget_used")
         return stages, metrics
 
-    def _start(self, kernel: Path, facts: SourceFacts, workdir: Path, timed: bool) -> Child:
+    def _start(self, kernel: Path, facts: SourceFacts, workdir: Path, timed: bool, draw: Draw) -> Child:
         job = {"kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec), "device": self.problem.device,
                "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()), "jit_functions": facts.jit_functions,
-               "trials": [t.to_dict() for t in self.suite], "then_time": timed,
-               "shape": asdict(self.problem.shape), "seeds": self.timing_seeds}
+               "trials": [t.to_dict() for t in draw.suite], "then_time": timed,
+               "shape": asdict(self.problem.shape), "seeds": draw.timing_seeds}
         env = {"TRITON_INTERPRET": "1"} if self.interpreted else {}
         return Child(job, workdir, self.options.limits, env, self.options.cancel)
 
-    def _check(self, child: Child, timed: bool) -> list[StageResult]:
+    def _check(self, child: Child, timed: bool, suite: list[Trial]) -> list[StageResult]:
         """run → integrity → numerics, judged while the child waits (on a GPU) to be timed."""
         result = _timed(lambda: child.follow(until="checked" if timed else None))
-        stages = [run_stage(result, len(self.suite))]
+        stages = [run_stage(result, len(suite))]
         if not stages[-1].ok:
             return stages
         # an allocation on the order of the target's scores, or this trial's, whichever is larger
-        scores = {t.id: max(self._scores_bytes(), _scores_bytes(t.shape)) for t in self.suite}
+        scores = {t.id: max(self._scores_bytes(), _scores_bytes(t.shape)) for t in suite}
         stages.append(_timed(lambda: probes.integrity(result.records, result.leftover_processes, scores)))
         if not stages[-1].ok:
             return stages
         outputs = {r["trial"]: r["output"] for r in result.records if "output" in r}
-        stages.append(_timed(lambda: numerics.judge(self.suite, outputs, self.spec, DTYPES[self.run_dtype],
+        stages.append(_timed(lambda: numerics.judge(suite, outputs, self.spec, DTYPES[self.run_dtype],
                                                     self.problem.device)))
         return stages
 
@@ -178,7 +195,7 @@ class Verifier:
         return _scores_bytes(self.suite[0].shape)
 
     # ------------------------------------------------------------------------------------------- timing
-    def _timing(self, child: Child, metrics: Metrics) -> list[StageResult]:
+    def _timing(self, child: Child, metrics: Metrics, timing_seeds: list[int]) -> list[StageResult]:
         baseline = self.baseline()
         records_before = len(child.result.records)
         with self.timing_lock:  # GPU timing never overlaps other timing
@@ -200,15 +217,16 @@ class Verifier:
             if not check.ok:
                 check.stage = "gpu integrity"
                 return [check]
-        recheck = _timed(lambda: self._recheck_timed(record["outputs"], record["timed_versions"]))
+        recheck = _timed(lambda: self._recheck_timed(record["outputs"], record["timed_versions"], timing_seeds))
         if not recheck.ok:
             return [gpu, recheck]
         return [gpu, recheck, timing_stage(record, metrics, baseline)]
 
-    def _recheck_timed(self, paths: list[str], versions: list[int]) -> StageResult:
-        """The outputs of the last timed calls, against the values their inputs held then."""
+    def _recheck_timed(self, paths: list[str], versions: list[int], timing_seeds: list[int]) -> StageResult:
+        """The outputs of the last timed calls, against the values their inputs held then (input set i drawn from
+        `timing_seeds[i]`)."""
         def trial(i: int, version: int) -> Trial:
-            seed = RotatingInputs.seed_of(self.timing_seeds[i], version)
+            seed = RotatingInputs.seed_of(timing_seeds[i], version)
             return Trial(id=f"timed_{i}", purpose="timed call", shape=self.problem.shape, seed=seed)
 
         trials = [trial(i, version) for i, version in enumerate(versions)]
@@ -222,7 +240,7 @@ class Verifier:
             earlier = [trial(i, v) for v in sorted({0, version - 1}) if 0 <= v < version]
             stale = numerics.matching_trial(earlier, paths[i], self.spec, dtype, self.problem.device)
             if stale is not None:
-                held = (stale.seed - self.timing_seeds[i]) // RotatingInputs.VERSION_STRIDE
+                held = (stale.seed - timing_seeds[i]) // RotatingInputs.VERSION_STRIDE
                 return StageResult.failed("timed outputs", "cached_output", (
                     f"While being timed, the output for input set {i} equals the result for the values those "
                     f"same tensors held at an earlier call (version {held} of {version}): the kernel replays "
