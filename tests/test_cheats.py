@@ -266,7 +266,8 @@ def test_a_timed_output_of_values_the_inputs_held_earlier_is_cached_output(verif
     versions = [4, 3, 3]
     honest = checker._recheck_timed([saved(i, n) for i, n in enumerate(versions)], versions, timing_seeds)
     assert honest.ok, honest.message
-    replayed = checker._recheck_timed([saved(0, 4), saved(1, 0), saved(2, 3)], versions, timing_seeds)  # set 1: first values
+    # input set 1 hands back the output of its first values
+    replayed = checker._recheck_timed([saved(0, 4), saved(1, 0), saved(2, 3)], versions, timing_seeds)
     assert (replayed.ok, replayed.reason, replayed.stage) == (False, "cached_output", "timed outputs")
     assert "input set 1" in replayed.message and "version 0 of 3" in replayed.message
 

@@ -47,7 +47,7 @@ class VerifyOptions:
     baseline: bool = True  # time FlexAttention for the "x.xx× flex" ratio (cached on disk)
     require_single_kernel: bool = False
     past_limits: bool = True  # on a GPU, the trial past 65535 batch x heads and 2**31 elements (verifier.past_limits)
-    seed: int | None = None  # of every input the verifier makes; None: a fresh one (verifier.suite.fresh_seed)
+    seed: int | None = None  # of every verification's inputs; None: a fresh one for each (verifier.suite.fresh_seed)
     cancel: threading.Event | None = None
 
 
