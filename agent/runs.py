@@ -14,7 +14,7 @@ from rich.table import Table
 
 from agent.rundir import RunView, list_runs, read_run
 
-NUMERIC = ("#", "budget", "attempts", "verified", "best TFLOP/s", "TFLOP/s", "x flex", "time")
+NUMERIC = ("#", "budget", "attempts", "verified", "best TFLOP/s", "TFLOP/s", "x flex", "time", "seed")
 COLOURS = {"accepted": "green", "rejected": "red", "no_kernel": "yellow", "failed": "magenta", "cancelled": "dim"}
 
 
@@ -54,6 +54,7 @@ class AttemptRow:
     ratio_to_flex: float | None
     elapsed_s: float | None  # when it finished, in seconds since the run started
     kernel: str | None
+    seed: int | None = None  # of the verification's inputs: `kgen verify --seed` repeats it
 
 
 @dataclass
@@ -107,7 +108,7 @@ def attempt_rows(view: RunView) -> list[AttemptRow]:
                                label=c.get("label", ""), status=a.get("status", "?"), reason=verdict.get("reason"),
                                message=_one_line(a, verdict), ms=m.get("ms"), tflops=m.get("tflops"),
                                ratio_to_flex=m.get("ratio_to_flex"), elapsed_s=a.get("finished_s"),
-                               kernel=str(kernel) if kernel else None))
+                               kernel=str(kernel) if kernel else None, seed=verdict.get("seed")))
     return rows
 
 
@@ -189,13 +190,14 @@ def runs_table(runs: list[RunSummary]) -> Table:
 
 def attempts_table(d: RunDetail) -> Table:
     table = _table("#", "lineage", "proposer", "label", "verdict", "reason", "detail", "TFLOP/s", "x flex",
-                   "time")
+                   "time", "seed")
     for r in d.attempts:
         lineage = "-" if r.lineage is None else str(r.lineage) + (f" <#{r.parent}" if r.parent else "")
         star = " [bold yellow]*[/]" if r.number == d.summary.best_attempt else ""
         table.add_row(f"{r.number}{star}", lineage, r.proposer, r.label,
                       f"[{COLOURS.get(r.status, 'white')}]{r.status}[/]", r.reason or "", r.message,
-                      number(r.tflops, "{:.1f}"), number(r.ratio_to_flex, "{:.2f}x"), number(r.elapsed_s, "{:.0f}s"))
+                      number(r.tflops, "{:.1f}"), number(r.ratio_to_flex, "{:.2f}x"), number(r.elapsed_s, "{:.0f}s"),
+                      "-" if r.seed is None else str(r.seed))
     return table
 
 

@@ -87,6 +87,9 @@ def test_show_tables_every_attempt(made):
     assert "max error" in rows["2"]  # the verifier's one-line reason
     assert "fake-model" in rows["3"] and "accepted" in rows["3"] and "1 <#2" in rows["3"]  # lineage 1, refines #2
     assert "problem: B2 H2/2 Sq48 Skv48 D16 bf16 on cpu" in result.stdout
+    for number, row in rows.items():  # each verification's seed, to repeat it with `kgen verify --seed`
+        verdict = json.loads((made / "attempts" / f"{int(number):04d}" / "verdict.json").read_text())
+        assert row.split()[-1] == str(verdict["seed"])
     assert f"best kernel: {made / 'best' / 'kernel.py'}" in result.stdout
 
 
@@ -98,6 +101,7 @@ def test_show_json_for_scripts(made):
     assert [a["reason"] for a in attempts] == [None, "wrong_output", None]
     assert [a["proposer"] for a in attempts] == ["built-in", "fake-model", "fake-model"]
     assert [a["parent"] for a in attempts] == [None, None, 2]
+    assert len({a["seed"] for a in attempts}) == 3 and all(isinstance(a["seed"], int) for a in attempts)
     assert all(a["elapsed_s"] > 0 for a in attempts) and attempts[0]["elapsed_s"] < attempts[2]["elapsed_s"]
     assert Path(data["best_kernel"]).read_text().startswith("# kgen: verified attention kernel")
     assert data["config"]["model"]["model"] == "fake-model" and data["problem"]["shape"]["seq_len"] == 48
