@@ -230,10 +230,14 @@ def best_header(run_id: str, verifier: Verifier, attempt: Attempt) -> str:
               f"checked on q, k, v laid out {layouts_tried(verifier.suite)}, at head_dim {top.head_dim} with "
               f"{top.group} query head(s) per key/value head, shapes up to {top.label()}",
               _past_limits_tried(verifier.suite),
-              f"its inputs drawn from seed {seed} (`kgen verify --seed {seed}` draws them again)"
-              if (seed := attempt.verdict.seed) is not None else "",
+              _seed_line(attempt.verdict.seed),
               "contract: attention(q, k, v, *, scale=None, **buffers) -> o"]
     return "".join(f"# {line}\n" for line in lines if line)
+
+
+def _seed_line(seed: int | None) -> str:
+    """How to repeat the accepted verification (a verdict of an older run has no seed)."""
+    return "" if seed is None else f"its inputs drawn from seed {seed} (`kgen verify --seed {seed}` draws them again)"
 
 
 def _past_limits_tried(suite: list[Trial]) -> str:
