@@ -37,6 +37,7 @@ def test_system_prompt_states_the_contract_and_the_rules():
     text = prompts.render("system")
     assert "attention(q, k, v, *, scale=None, **buffers)" in text and "1/sqrt(D)" in text
     assert "exp2" in text and "-inf" in text and "current_stream" in text
+    assert "each verification draws new values (a fresh seed)" in text  # nothing to gain by fitting to a report
 
 
 def test_first_prompt_carries_spec_shape_buffers_and_seed(context):
