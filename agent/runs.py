@@ -197,7 +197,7 @@ def attempts_table(d: RunDetail) -> Table:
         table.add_row(f"{r.number}{star}", lineage, r.proposer, r.label,
                       f"[{COLOURS.get(r.status, 'white')}]{r.status}[/]", r.reason or "", r.message,
                       number(r.tflops, "{:.1f}"), number(r.ratio_to_flex, "{:.2f}x"), number(r.elapsed_s, "{:.0f}s"),
-                      "-" if r.seed is None else str(r.seed))
+                      number(r.seed, "{}"))
     return table
 
 
