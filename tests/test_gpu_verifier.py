@@ -248,7 +248,8 @@ def test_the_triton_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_
     """The Triton template's class-by-class path (what GPUs without Gluon run, and what the search times beside
     Gluon on Hopper), with pointer loads and with tensor descriptors on the strided views, with as many K heads as
     Q heads and with GQA (a Q view batch reads its K head's view): the mask mod 3 with a bound per batch element and
-    head, at lengths where the classes run apart and the verifier's ragged ones where the problem runs as given.
+    head, at the target lengths (multiples of 3) and the verifier's ragged ones, where pointer loads still run the
+    classes apart (the longer classes' last row past the views) and descriptors run the problem as given.
     The pointer config keeps every register. The descriptor one's compile report counted 2 spills on the H200, in
     one of its variants (the sm_90 compile of its class variant on the CPU has none)."""
     path = tmp_path / "classes.py"
