@@ -225,29 +225,39 @@ def test_cut_blocks_that_keep_a_conjunct_whole_leave_it_out(specs, tmp_path, ver
     assert verifier("dilated_causal").verify(source).accepted
 
 
-@pytest.mark.parametrize("body, residues", [
-    ("(q_idx >= kv_idx) & ((q_idx - kv_idx) % 2 == 0)", 2),
-    ("((kv_idx - q_idx) % 3 == 0) & (kv_idx <= q_idx + 64 * h)", 3),
-    ("q_idx >= kv_idx", 1),
-    ("(q_idx - kv_idx) % 2 == 1", 1),  # the other class: not a class of its own
-    ("(q_idx + kv_idx) % 2 == 0", 2),  # a sum has the parity of the difference
-    ("(kv_idx + q_idx) % 2 == 0", 2),
-    ("(q_idx + kv_idx) % 3 == 0", 1),  # keys in class -c of query class c: not the query's own class
-    ("(q_idx % 4 == kv_idx % 4) & (q_idx >= kv_idx)", 4),
-    ("kv_idx % 3 == q_idx % 3", 3),
-    ("q_idx % 4 == kv_idx % 2", 1),  # different moduli
-    ("q_idx % 4 == h % 4", 1),
-    ("(q_idx - 2 * kv_idx) % 2 == 0", 1),  # a scaled index: not the difference
+@pytest.mark.parametrize("body, residues, key_class", [
+    ("(q_idx >= kv_idx) & ((q_idx - kv_idx) % 2 == 0)", 2, (1, 0)),
+    ("((kv_idx - q_idx) % 3 == 0) & (kv_idx <= q_idx + 64 * h)", 3, (1, 0)),
+    ("q_idx >= kv_idx", 1, (1, 0)),
+    ("(q_idx - kv_idx) % 2 == 1", 2, (1, 1)),  # the other class mod 2
+    ("(q_idx + kv_idx) % 2 == 0", 2, (1, 0)),  # a sum has the parity of the difference
+    ("(kv_idx + q_idx) % 2 == 0", 2, (1, 0)),
+    ("(q_idx + kv_idx) % 3 == 0", 3, (-1, 0)),  # keys in class -c of query class c
+    ("((q_idx + kv_idx) % 4 == 1) & (q_idx >= kv_idx)", 4, (-1, 1)),
+    ("(q_idx - kv_idx) % 4 == 1", 4, (1, 3)),  # kv = q - 1
+    ("(kv_idx - q_idx) % 4 == 1", 4, (1, 1)),  # kv = q + 1
+    ("1 == (kv_idx - q_idx) % 4", 4, (1, 1)),
+    ("(q_idx - kv_idx) % 4 == 4", 1, (1, 0)),  # never true: no class to run
+    ("(q_idx % 4 == kv_idx % 4) & (q_idx >= kv_idx)", 4, (1, 0)),
+    ("kv_idx % 3 == q_idx % 3", 3, (1, 0)),
+    ("q_idx % 4 == kv_idx % 2", 1, (1, 0)),  # different moduli
+    ("q_idx % 4 == h % 4", 1, (1, 0)),
+    ("(q_idx - 2 * kv_idx) % 2 == 0", 1, (1, 0)),  # a scaled index: not the difference
 ])
-def test_the_lowering_finds_a_mask_that_keeps_keys_in_the_query_residue_class(tmp_path, body, residues):
+def test_the_lowering_finds_a_mask_that_keeps_keys_in_one_residue_class_per_query_class(tmp_path, body, residues,
+                                                                                       key_class):
     path = write_spec(tmp_path, "dilated", f"def mask_mod(b, h, q_idx, kv_idx):\n    return {body}\n")
     spec = load_spec(SpecFiles(mask_path=path))
-    found = lower_spec(spec).mask.residues
-    assert found == residues
-    # the kernel skips every key outside the query's class: the mask must be false there on every pair
+    mask = lower_spec(spec).mask
+    assert (mask.residues, mask.key_class) == (residues, key_class)
+    # the kernel skips every key outside the class paired with the query's: the mask must be false there on every
+    # pair, and true somewhere in it (where the test is the whole mask, everywhere)
     q_idx, kv_idx = torch.arange(-24, 24)[:, None], torch.arange(-24, 24)[None, :]
     keep = torch.broadcast_to(spec.mask_mod(torch.tensor(1), torch.tensor(3), q_idx, kv_idx), (48, 48))
-    assert not keep[(q_idx - kv_idx) % found != 0].any()
+    paired = (kv_idx - key_class[0] * q_idx - key_class[1]) % residues == 0
+    assert not keep[~paired].any() and (residues == 1 or keep[paired].any())
+    if "&" not in body and residues > 1:
+        assert keep[paired].all()
 
 
 @pytest.mark.parametrize("mask", [None, "(q_idx >= kv_idx) & (q_idx % 2 == kv_idx % 2)",
@@ -347,6 +357,46 @@ def test_the_triton_kernel_runs_each_residue_class_apart_where_a_view_exists(tmp
         B, H, SQ, D = q.shape
         expected = exact(q, k, v, spec, None, Shape(B, H, k.shape[1], SQ, k.shape[2], D))
         assert (o.double() - expected).abs().max().item() < 1e-2, name
+
+
+PAIRED_CLASSES = {  # masks whose keys for query class c are in another class: -c + 1 mod 3, c - 1 mod 4
+    "sum": "((q_idx + kv_idx) % 3 == 1) & (kv_idx <= q_idx + 8 * h + 20 * b)",
+    "offset": "((q_idx - kv_idx) % 4 == 1) & (q_idx >= kv_idx)",
+}
+
+
+@pytest.mark.parametrize("cfg", [CONFIG, replace(CONFIG, tma=True)], ids=["pointers", "descriptors"])
+@pytest.mark.parametrize("name", list(PAIRED_CLASSES))
+def test_query_classes_paired_with_another_key_class_run_apart(tmp_path, verifier, cfg, name):
+    """Where the mask pairs query class c with key class -c + j or c - j (`(q_idx + kv_idx) % P == j`,
+    `(q_idx - kv_idx) % P == j`), the kernel runs each query class against its paired key class: the K and V
+    views' head is that class, and the spec's functions see the keys' own indices. The verifier accepts the
+    kernel; at lengths where the views exist (with pointers at ragged lengths too, with GQA as well) the class
+    problem runs, and each output agrees with the float64 reference."""
+    path = write_spec(tmp_path, name, f"def mask_mod(b, h, q_idx, kv_idx):\n    return {PAIRED_CLASSES[name]}\n")
+    P = lower_spec(load_spec(SpecFiles(mask_path=path))).mask.residues
+    source = builtin_kernel(path, cfg)
+    assert "_key_class(h, P)" in source
+    assert verifier(path, shape=Shape(2, 4, 2, 48, 96, 16)).verify(source).accepted
+    found = run_interpreted(source, f"""
+        cases = {{"classes": (2, 4, 4, 48, 96), "gqa": (2, 4, 2, 48, 96), "ragged": (2, 4, 2, 47, 93)}}
+        runs, saved = {{}}, {{}}
+        for name, (B, H, HK, SQ, SKV) in cases.items():
+            module._BLOCK_MAPS.clear()
+            torch.manual_seed(0)
+            q = torch.randn(B, H, SQ, 16, dtype=torch.float16)
+            k, v = (torch.randn(B, HK, SKV, 16, dtype=torch.float16) for _ in range(2))
+            saved[name] = (q, k, v, module.attention(q, k, v))
+            runs[name] = sorted({{key[5] for key in module._BLOCK_MAPS}})  # P of each block map built
+        torch.save(saved, {str(tmp_path / "cases.pt")!r})
+        print(json.dumps(runs))
+    """, tmp_path)
+    assert found == {"classes": [P], "gqa": [P], "ragged": [1] if cfg.tma else [P]}
+    spec = load_spec(SpecFiles(mask_path=path))
+    for case, (q, k, v, o) in torch.load(tmp_path / "cases.pt").items():
+        B, H, SQ, D = q.shape
+        expected = exact(q, k, v, spec, None, Shape(B, H, k.shape[1], SQ, k.shape[2], D))
+        assert (o.double() - expected).abs().max().item() < 1e-2, case
 
 
 # (indented as the scripts run_interpreted dedents)

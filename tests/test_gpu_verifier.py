@@ -196,6 +196,9 @@ MASKS_FOR_GLUON = {
     # four classes, written as equal remainders, with a causal bound
     "classes_mod4": "def mask_mod(b, h, q_idx, kv_idx):\n"
                     "    return (q_idx % 4 == kv_idx % 4) & (q_idx >= kv_idx)\n",
+    # query class c keeps key class 1 - c mod 3 (a sum), with a bound per batch element and head
+    "paired_classes": "def mask_mod(b, h, q_idx, kv_idx):\n"
+                      "    return ((q_idx + kv_idx) % 3 == 1) & (kv_idx <= q_idx + 64 * h + 100 * b)\n",
 }
 
 
@@ -224,12 +227,13 @@ def test_the_gluon_kernel_with_masks_that_empty_tiles_or_differ_per_head(tmp_pat
 
 
 @hopper
-@pytest.mark.parametrize("name, block_n, stages", [("classes", 128, 2), ("classes", 64, 3), ("classes_mod4", 64, 3)])
+@pytest.mark.parametrize("name, block_n, stages", [("classes", 128, 2), ("classes", 64, 3), ("classes_mod4", 64, 3),
+                                                   ("paired_classes", 128, 2)])
 def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_path, name, block_n, stages):
     """A mask that keeps keys in the query's class mod 3 and reads the batch and the head (or one mod 4, written
-    as equal remainders): at the target lengths (multiples of P, as many K heads as Q heads) the kernel runs each
-    class on strided views and maps the indices back for mask_mod; the verifier's ragged trials run the problem as
-    given. Both must be right."""
+    as equal remainders, or one that pairs query class c with key class 1 - c mod 3): at the target lengths
+    (multiples of P, as many K heads as Q heads) the kernel runs each class on strided views and maps the indices
+    back for mask_mod; the verifier's ragged trials run the problem as given. Both must be right."""
     path = tmp_path / f"{name}.py"
     path.write_text(MASKS_FOR_GLUON[name])
     problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 4, 4, 768, 1536, 128), "bf16", "cuda")
@@ -242,18 +246,19 @@ def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_p
     assert block_n == 128 or kernel["spills"] == 0
 
 
+@pytest.mark.parametrize("name", ["classes", "paired_classes"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("config", ["BM128 BN64 w8 s3", pytest.param("BM64 BN128 w4 s2 tma", marks=hopper)])
-def test_the_triton_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_path, config, kv_heads):
+def test_the_triton_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_path, config, kv_heads, name):
     """The Triton template's class-by-class path (what GPUs without Gluon run, and what the search times beside
     Gluon on Hopper), with pointer loads and with tensor descriptors on the strided views, with as many K heads as
     Q heads and with GQA (a Q view batch reads its K head's view): the mask mod 3 with a bound per batch element and
-    head, at the target lengths (multiples of 3) and the verifier's ragged ones, where pointer loads still run the
+    head (keys in the query's own class, or in class 1 - c), at the target lengths (multiples of 3) and the verifier's ragged ones, where pointer loads still run the
     classes apart (the longer classes' last row past the views) and descriptors run the problem as given.
     The pointer config keeps every register. The descriptor one's compile report counted 2 spills on the H200, in
     one of its variants (the sm_90 compile of its class variant on the CPU has none)."""
-    path = tmp_path / "classes.py"
-    path.write_text(MASKS_FOR_GLUON["classes"])
+    path = tmp_path / f"{name}.py"
+    path.write_text(MASKS_FOR_GLUON[name])
     problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 4, kv_heads, 768, 1536, 128), "bf16", "cuda")
     verifier = Verifier(problem, VerifyOptions(baseline=False, require_single_kernel=True))
     source = builtin_source(str(path), config)

@@ -249,3 +249,21 @@ def test_the_gluon_kernel_with_192_query_rows_runs_three_consumer_warpgroups(spe
     causal = load_spec(SpecFiles(str(specs / "causal.py")))
     with pytest.raises(ValueError, match="192-row"):
         render_kernel(causal.name, lower_spec(causal), KernelConfig(192, 64, 4, 3, gluon=True))
+
+
+def test_a_mask_pairing_query_classes_with_other_key_classes_compiles_as_dilated_causal_does(tmp_path):
+    """`(q_idx + kv_idx) % 3 == 1` pairs query class c with key class 1 - c: the Gluon kernel's loader picks that
+    class's K and V view head and the consumers index its keys. Compiled class by class for sm_90, it has the
+    matmuls and, to within a few instructions, the whole-block loop of the same mask pairing each class with its
+    own (`(q_idx - kv_idx) % 3 == 0`); only the cut blocks' loop differs, by their residue test."""
+    reports = {}
+    for name, test in (("own", "(q_idx - kv_idx) % 3 == 0"), ("paired", "(q_idx + kv_idx) % 3 == 1")):
+        path = tmp_path / f"{name}.py"
+        path.write_text(f"def mask_mod(b, h, q_idx, kv_idx):\n    return ({test}) & (q_idx >= kv_idx)\n")
+        reports[name] = compile_builtin(str(path), KernelConfig(128, 128, 4, 2, gluon=True, persistent=True),
+                                        head_dim=128)
+    own, paired = reports["own"], reports["paired"]
+    assert paired["tensor_core_instructions"] == own["tensor_core_instructions"] > 0
+    assert not paired["wgmma_serialized"] and paired["fits_shared_memory"]
+    whole_own, whole_paired = own["matmul_loop_instructions"][0], paired["matmul_loop_instructions"][0]
+    assert abs(whole_paired - whole_own) <= 0.02 * whole_own

@@ -85,9 +85,11 @@ class LoweredFunction:
     # that can leave out the conjuncts a key block keeps whole; and how many conjuncts it has
     cut_source: str = ""
     conjuncts: int = 1
-    # mask_mod only: P when one conjunct is `(q_idx - kv_idx) % P == 0` (a dilated mask): a query's keys are all in
-    # its residue class mod P, so each class is a problem of its own (1: no such conjunct)
+    # mask_mod only: P when one conjunct keeps only keys of one residue class mod P per query class (a dilated mask:
+    # `(q_idx - kv_idx) % P == 0`), so each class is a problem of its own (1: no such conjunct); the keys of query
+    # class c are those of class (key_class[0] * c + key_class[1]) mod P (their own class: (1, 0))
     residues: int = 1
+    key_class: tuple[int, int] = (1, 0)
 
 
 @dataclass
@@ -201,10 +203,12 @@ def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], 
         conjuncts = _merged(emitter.result_conjuncts)
         lowered.cut_source = _cut_source(signature, body[:-1], conjuncts)
         lowered.conjuncts = len(conjuncts)
-        lowered.residues = emitter.result_residues
+        lowered.residues, *key_class = emitter.result_pairing
+        lowered.key_class = tuple(key_class)
     return lowered
 
 
+NO_PAIRING = (1, 1, 0)  # (P, sign, shift) of a mask that keeps keys outside the query's residue class pairing
 MAX_CONJUNCTS = 2  # a kernel has a variant per set of conjuncts it may leave out: 2 conjuncts make 3 of them
 
 
@@ -250,7 +254,7 @@ class _Emitter:
         self.ops: list[str] = []
         self.result_depends: set[str] = set()
         self.result_conjuncts: list[str] = []
-        self.result_residues = 1
+        self.result_pairing = NO_PAIRING
 
     def emit(self) -> list[str]:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
@@ -268,7 +272,7 @@ class _Emitter:
                 self.result_depends = self.deps.get(result, set())
                 conjuncts = self._conjuncts(result)
                 self.result_conjuncts = [self._ref(c) for c in conjuncts]
-                self.result_residues = max(self._residue_modulus(c) for c in conjuncts)
+                self.result_pairing = max((self._residue_pairing(c) for c in conjuncts), key=lambda p: p[0])
                 self.lines.append(f"return {self._ref(result)}")
         return self.lines
 
@@ -280,24 +284,25 @@ class _Emitter:
             return self._conjuncts(node.args[0]) + self._conjuncts(node.args[1])
         return [node]
 
-    def _residue_modulus(self, conjunct) -> int:
-        """P when the conjunct is true exactly when q_idx and kv_idx have the same residue mod P, a constant of 2 or
-        more: `(q_idx - kv_idx) % P == 0` (or `kv_idx - q_idx`), `q_idx % P == kv_idx % P`, or, for P = 2 only,
-        `(q_idx + kv_idx) % 2 == 0` (a sum has the parity of the difference); else 1. The kernel skips every key
-        outside the query's class, so a form is listed here only when that is exact for all integers."""
+    def _residue_pairing(self, conjunct) -> tuple[int, int, int]:
+        """(P, sign, shift) when the conjunct is true exactly when kv_idx = sign * q_idx + shift (mod P), P a constant
+        of 2 or more: `(q_idx - kv_idx) % P == j` (kv = q - j), `(kv_idx - q_idx) % P == j` (kv = q + j) and
+        `(q_idx + kv_idx) % P == j` (kv = j - q), for a constant 0 <= j < P, and `q_idx % P == kv_idx % P`; else
+        NO_PAIRING. The kernel skips every key outside the class paired with the query's, so a form is listed here
+        only when that is exact for all integers. Mod 2, -q is q's own class: the sign is then always 1."""
         node = _unwrapped(conjunct)
         if not (_is_call(node, "eq") and len(node.args) == 2):
-            return 1
-        left, right = node.args
-        if type(right) is int and right == 0 and (mod := self._remainder(left)):
-            operand, modulus = mod
-            if self._index_pair(operand, "sub") or (modulus == 2 and self._index_pair(operand, "add")):
-                return modulus
-            return 1
+            return NO_PAIRING
+        left, right = node.args if type(node.args[0]) is not int else node.args[::-1]
+        if type(right) is int and (mod := self._remainder(left)) and 0 <= right < mod[1]:
+            (operand, P), j = mod, right
+            sign, shift = {"q-kv": (1, -j), "kv-q": (1, j), "q+kv": (-1, j)}.get(self._index_combination(operand),
+                                                                                 (0, 0))
+            return (P, 1 if P == 2 else sign, shift % P) if sign else NO_PAIRING
         mods = self._remainder(left), self._remainder(right)
         if all(mods) and mods[0][1] == mods[1][1] and self._are_the_indices(mods[0][0], mods[1][0]):
-            return mods[0][1]
-        return 1
+            return mods[0][1], 1, 0
+        return NO_PAIRING
 
     def _remainder(self, value) -> tuple | None:
         """(x, P) for `x % P` with P an int constant of 2 or more."""
@@ -306,11 +311,15 @@ class _Emitter:
             return _unwrapped(node.args[0]), node.args[1]
         return None
 
-    def _index_pair(self, value, op: str) -> bool:
-        """Whether `value` is q_idx and kv_idx combined by `op` (sub or add, no scaling), in either order."""
+    def _index_combination(self, value) -> str | None:
+        """"q-kv", "kv-q" or "q+kv" where `value` is q_idx and kv_idx subtracted or added (no scaling); else None."""
         node = _unwrapped(value)
-        return (_is_call(node, op) and len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1
-                and self._are_the_indices(*node.args))
+        if not (_is_call(node, "sub", "add") and len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1
+                and self._are_the_indices(*node.args)):
+            return None
+        if _is_call(node, "add"):
+            return "q+kv"
+        return "q-kv" if self.names.get(_unwrapped(node.args[0])) == "q_idx" else "kv-q"
 
     def _are_the_indices(self, a, b) -> bool:
         """Whether a and b are q_idx and kv_idx, in either order."""

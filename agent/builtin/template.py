@@ -64,6 +64,7 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
     # head into one dimension and make the class the head: its block map is per class, and per view batch wherever
     # the mask reads the batch or the head
     residues = mask.residues if mask else 1
+    key_class = mask.key_class if mask else (1, 0)
     # the Gluon kernel's consumer warpgroups: two of BLOCK_M / 2 query rows, or three of 64 for 192-row tiles
     # (FlashAttention-4's sm_90 tile at D <= 64), which only a spec without a mask_mod can have: the block map's
     # query blocks are powers of two
@@ -76,7 +77,7 @@ def render_kernel(spec_name: str, lowered: LoweredSpec, cfg: KernelConfig) -> st
         score=lowered.score, mask=mask, linear_bias=_adds_bias_by_block(lowered, cfg),
         buffer_params=lowered.buffer_params(),
         buffer_args=lowered.buffer_args("buf"), loop_options=", warp_specialize=True" if cfg.warp_specialize else "",
-        residues=residues, consumers=consumers, index_params=", H0, P" if residues > 1 else "",
+        residues=residues, key_class=key_class, consumers=consumers, index_params=", H0, P" if residues > 1 else "",
         kv_params=", G0" if residues > 1 and cfg.tma else "",
         mask_uses_b=uses_b or (residues > 1 and uses_h), mask_uses_h=uses_h or residues > 1)
 
