@@ -168,6 +168,20 @@ def test_a_fingerprint_changes_with_one_element():
     assert fingerprint(t) != before
 
 
+def test_a_fingerprint_is_summed_a_chunk_of_heads_at_a_time_to_the_same_value(monkeypatch):
+    """On the GPU the trial's q is 4 GB: torch's int64 sum widened it whole first (16 GB; out of memory on an H100
+    beside another verification). Summed by chunks of heads, the fingerprint is the same, and it still sees a change
+    in the last chunk."""
+    import verifier.child as child
+    t = torch.randn(2, 7, 5, 16).to(torch.float16)
+    words = t.view(torch.int16)
+    whole = (int(words.sum(dtype=torch.int64)), int(words[..., ::7].sum(dtype=torch.int64)))
+    monkeypatch.setattr(child, "FINGERPRINT_HEADS", 3)  # chunks of 3, 3 and 1 heads per batch element
+    assert fingerprint(t) == whole
+    t[1, 6, 4, 15] += 1
+    assert fingerprint(t) != whole
+
+
 def test_the_suite_puts_the_trial_before_the_repeat_of_the_first():
     past = sampled_trial(Shape(1, 70000, 70000, 48, 53, 16), [(0, 0)])
     suite = build_suite(SMALL, interpreted=False, past_limits=past)
@@ -225,3 +239,15 @@ def test_the_best_kernels_header_says_the_trial_was_run_and_where():
     line = _past_limits_tried(build_suite(SMALL, interpreted=False, past_limits=past))
     assert line.startswith(f"and past the index limits, at {shape.label()}") and f"at {len(past.sample)} heads" in line
     assert _past_limits_tried(build_suite(SMALL, interpreted=True)) == ""
+
+
+def test_unwritten_elements_are_counted_a_chunk_at_a_time_to_the_same_count(monkeypatch):
+    """The count of elements still holding the poison, chunk by chunk (what the 4 GB output needs on a GPU), is
+    the count over the whole: poisoned elements at either end of a chunk and across chunks all count."""
+    from verifier import guards
+    out = guards.poison_(torch.empty(2, 3, 5, 16, dtype=torch.float16))
+    out.view(-1)[3:400] = 1.0  # written: 397 of 480 elements
+    monkeypatch.setattr(guards, "UNWRITTEN_CHUNK", 7)
+    assert guards.unwritten_count(out) == 480 - 397
+    out.view(-1)[-1] = 0.0
+    assert guards.unwritten_count(out) == 480 - 398

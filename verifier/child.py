@@ -278,11 +278,20 @@ def saved_output(out: torch.Tensor, trial: Trial):
     return {"heads": out[b, h].unsqueeze(1).cpu(), "rows": every_row.project(out, trial).cpu()}  # [n, 1, Sq, D]
 
 
+FINGERPRINT_HEADS = 4096  # heads summed at once: torch's int64 sum widens its input first (16 GB for a 4 GB q)
+
+
 def fingerprint(t: torch.Tensor) -> tuple[int, int]:
-    """Two sums over a tensor's 16-bit words (the second weighs every seventh word of a row again): a change to its
-    values that leaves both alike is no accident. For tensors too large to copy."""
+    """Two sums over a [B, H, S, D] tensor's 16-bit words (the second weighs every seventh word of a row again): a
+    change to its values that leaves both alike is no accident. For tensors too large to copy; summed a batch
+    element and a chunk of heads at a time, so that the widened words of a chunk are all it holds at once."""
     words = t.view(torch.int16)
-    return int(words.sum(dtype=torch.int64)), int(words[..., ::7].sum(dtype=torch.int64))
+    total = every_seventh = 0
+    for b in range(words.shape[0]):
+        for chunk in words[b].split(FINGERPRINT_HEADS):
+            total += int(chunk.sum(dtype=torch.int64))
+            every_seventh += int(chunk[..., ::7].sum(dtype=torch.int64))
+    return total, every_seventh
 
 
 def run_check(job: dict, channel: Channel, fn, buffers) -> None:

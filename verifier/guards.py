@@ -51,10 +51,14 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+UNWRITTEN_CHUNK = 1 << 26  # elements checked at once: counted whole, a 4 GB output's flags widened to 16 GB of int64
+
+
 def unwritten_count(out: torch.Tensor) -> int:
-    """Elements whose every byte is still the poison byte."""
+    """Elements whose every byte is still the poison byte, counted a chunk at a time (the past-limits trial's
+    output is 4 GB; counted whole it ran an H100 out of memory beside another verification)."""
     as_bytes = out.detach().contiguous().view(torch.uint8).view(out.numel(), out.element_size())
-    return int((as_bytes == POISON_BYTE).all(dim=1).sum())
+    return sum(int((chunk == POISON_BYTE).all(dim=1).sum()) for chunk in as_bytes.split(UNWRITTEN_CHUNK))
 
 
 @dataclass
