@@ -326,37 +326,44 @@ def test_the_triton_kernel_runs_each_residue_class_apart_where_a_view_exists(tmp
     source = builtin_kernel(path, cfg)
     assert "_residue_views" in source
     assert verifier(str(path), shape=Shape(2, 4, 4, 96, 192, 16)).verify(source).accepted
-    found = run_interpreted(source, f"""
-        cases = {{"classes": (2, 4, 4, 96, 192), "gqa": (2, 4, 2, 96, 192), "mqa": (2, 4, 1, 96, 192),
-                  "ragged": (2, 4, 4, 95, 190), "ragged gqa": (2, 4, 2, 97, 191), "four queries": (2, 4, 4, 4, 190),
-                  "one query": (2, 4, 4, 1, 190), "two keys": (2, 4, 1, 95, 2), "transposed": (2, 4, 4, 96, 192)}}
-        slopes = torch.exp2(-torch.arange(1, 5, dtype=torch.float32))
-        runs, saved = {{}}, {{}}
-        for name, (B, H, HK, SQ, SKV) in cases.items():
-            module._BLOCK_MAPS.clear()
-            torch.manual_seed(0)
-            if name == "transposed":  # batch inside head: no view folds them
-                q = torch.randn(H, B, SQ, 16, dtype=torch.float16).transpose(0, 1)
-            else:
-                q = torch.randn(B, H, SQ, 16, dtype=torch.float16)
-            k, v = (torch.randn(B, HK, SKV, 16, dtype=torch.float16) for _ in range(2))
-            o = module.attention(q, k, v, SLOPES=slopes)
-            runs[name] = sorted({{key[5] for key in module._BLOCK_MAPS}})  # P of each block map built
-            saved[name] = (q, k, v, o)
-        torch.save(saved, {str(tmp_path / "cases.pt")!r})
-        print(json.dumps(runs))
-    """, tmp_path)
+    found = class_problems_run(source, SpecFiles(str(path)), {
+        "classes": (2, 4, 4, 96, 192), "gqa": (2, 4, 2, 96, 192), "mqa": (2, 4, 1, 96, 192),
+        "ragged": (2, 4, 4, 95, 190), "ragged gqa": (2, 4, 2, 97, 191), "four queries": (2, 4, 4, 4, 190),
+        "one query": (2, 4, 4, 1, 190), "two keys": (2, 4, 1, 95, 2), "transposed": (2, 4, 4, 96, 192)},
+        tmp_path, buffers="SLOPES=torch.exp2(-torch.arange(1, 5, dtype=torch.float32))")
     # descriptors take a contiguous copy of any other layout (as the Gluon kernel does), whose batch and head fold;
     # at lengths 3 does not divide, pointer loads reach the longer classes' last row, descriptors would not; under 3
     # rows some class has none, and a view of none has no address
     ragged = [1] if cfg.tma else [3]
     assert found == {"classes": [3], "gqa": [3], "mqa": [3], "ragged": ragged, "ragged gqa": ragged,
                      "four queries": ragged, "one query": [1], "two keys": [1], "transposed": [3] if cfg.tma else [1]}
-    spec = load_spec(SpecFiles(str(path)))
+
+
+def class_problems_run(source: str, files: SpecFiles, cases: dict, tmp_path: Path, buffers: str = "") -> dict:
+    """Run the kernel under the interpreter on each case (name -> B, H, HK, SQ, SKV at D16; "transposed": q with
+    its batch inside its head, which no view folds), check each output against the float64 reference, and return
+    the P of each block map the kernel built, per case. `buffers`: the keyword arguments of each call."""
+    found = run_interpreted(source, f"""
+        runs, saved = {{}}, {{}}
+        for name, (B, H, HK, SQ, SKV) in {cases!r}.items():
+            module._BLOCK_MAPS.clear()
+            torch.manual_seed(0)
+            if name == "transposed":
+                q = torch.randn(H, B, SQ, 16, dtype=torch.float16).transpose(0, 1)
+            else:
+                q = torch.randn(B, H, SQ, 16, dtype=torch.float16)
+            k, v = (torch.randn(B, HK, SKV, 16, dtype=torch.float16) for _ in range(2))
+            saved[name] = (q, k, v, module.attention(q, k, v, {buffers}))
+            runs[name] = sorted({{key[5] for key in module._BLOCK_MAPS}})
+        torch.save(saved, {str(tmp_path / "cases.pt")!r})
+        print(json.dumps(runs))
+    """, tmp_path)
+    spec = load_spec(files)
     for name, (q, k, v, o) in torch.load(tmp_path / "cases.pt").items():
         B, H, SQ, D = q.shape
         expected = exact(q, k, v, spec, None, Shape(B, H, k.shape[1], SQ, k.shape[2], D))
         assert (o.double() - expected).abs().max().item() < 1e-2, name
+    return found
 
 
 PAIRED_CLASSES = {  # masks whose keys for query class c are in another class: -c + 1 mod 3, c - 1 mod 4
@@ -376,27 +383,11 @@ def test_query_classes_paired_with_another_key_class_run_apart(tmp_path, verifie
     path = write_spec(tmp_path, name, f"def mask_mod(b, h, q_idx, kv_idx):\n    return {PAIRED_CLASSES[name]}\n")
     P = lower_spec(load_spec(SpecFiles(mask_path=path))).mask.residues
     source = builtin_kernel(path, cfg)
-    assert "_key_class(h, P)" in source
+    assert "hk = _kv_head(h, GROUP, P)" in source
     assert verifier(path, shape=Shape(2, 4, 2, 48, 96, 16)).verify(source).accepted
-    found = run_interpreted(source, f"""
-        cases = {{"classes": (2, 4, 4, 48, 96), "gqa": (2, 4, 2, 48, 96), "ragged": (2, 4, 2, 47, 93)}}
-        runs, saved = {{}}, {{}}
-        for name, (B, H, HK, SQ, SKV) in cases.items():
-            module._BLOCK_MAPS.clear()
-            torch.manual_seed(0)
-            q = torch.randn(B, H, SQ, 16, dtype=torch.float16)
-            k, v = (torch.randn(B, HK, SKV, 16, dtype=torch.float16) for _ in range(2))
-            saved[name] = (q, k, v, module.attention(q, k, v))
-            runs[name] = sorted({{key[5] for key in module._BLOCK_MAPS}})  # P of each block map built
-        torch.save(saved, {str(tmp_path / "cases.pt")!r})
-        print(json.dumps(runs))
-    """, tmp_path)
+    found = class_problems_run(source, SpecFiles(mask_path=path), {
+        "classes": (2, 4, 4, 48, 96), "gqa": (2, 4, 2, 48, 96), "ragged": (2, 4, 2, 47, 93)}, tmp_path)
     assert found == {"classes": [P], "gqa": [P], "ragged": [1] if cfg.tma else [P]}
-    spec = load_spec(SpecFiles(mask_path=path))
-    for case, (q, k, v, o) in torch.load(tmp_path / "cases.pt").items():
-        B, H, SQ, D = q.shape
-        expected = exact(q, k, v, spec, None, Shape(B, H, k.shape[1], SQ, k.shape[2], D))
-        assert (o.double() - expected).abs().max().item() < 1e-2, case
 
 
 # (indented as the scripts run_interpreted dedents)

@@ -172,11 +172,10 @@ def test_a_fingerprint_is_summed_a_chunk_of_heads_at_a_time_to_the_same_value(mo
     """On the GPU the trial's q is 4 GB: torch's int64 sum widened it whole first (16 GB; out of memory on an H100
     beside another verification). Summed by chunks of heads, the fingerprint is the same, and it still sees a change
     in the last chunk."""
-    import verifier.child as child
     t = torch.randn(2, 7, 5, 16).to(torch.float16)
     words = t.view(torch.int16)
     whole = (int(words.sum(dtype=torch.int64)), int(words[..., ::7].sum(dtype=torch.int64)))
-    monkeypatch.setattr(child, "FINGERPRINT_HEADS", 3)  # chunks of 3, 3 and 1 heads per batch element
+    monkeypatch.setattr(every_row, "CHUNK_HEADS", 3)  # chunks of 3, 3 and 1 heads per batch element
     assert fingerprint(t) == whole
     t[1, 6, 4, 15] += 1
     assert fingerprint(t) != whole

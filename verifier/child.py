@@ -278,19 +278,15 @@ def saved_output(out: torch.Tensor, trial: Trial):
     return {"heads": out[b, h].unsqueeze(1).cpu(), "rows": every_row.project(out, trial).cpu()}  # [n, 1, Sq, D]
 
 
-FINGERPRINT_HEADS = 4096  # heads summed at once: torch's int64 sum widens its input first (16 GB for a 4 GB q)
-
-
 def fingerprint(t: torch.Tensor) -> tuple[int, int]:
     """Two sums over a [B, H, S, D] tensor's 16-bit words (the second weighs every seventh word of a row again): a
-    change to its values that leaves both alike is no accident. For tensors too large to copy; summed a batch
-    element and a chunk of heads at a time, so that the widened words of a chunk are all it holds at once."""
+    change to its values that leaves both alike is no accident. For tensors too large to copy; summed a chunk of
+    heads at a time (every_row.head_chunks), as torch's int64 sum widens its input first (16 GB for a 4 GB q)."""
     words = t.view(torch.int16)
     total = every_seventh = 0
-    for b in range(words.shape[0]):
-        for chunk in words[b].split(FINGERPRINT_HEADS):
-            total += int(chunk.sum(dtype=torch.int64))
-            every_seventh += int(chunk[..., ::7].sum(dtype=torch.int64))
+    for b, heads in every_row.head_chunks(words):
+        total += int(words[b, heads].sum(dtype=torch.int64))
+        every_seventh += int(words[b, heads, ..., ::7].sum(dtype=torch.int64))
     return total, every_seventh
 
 

@@ -9,13 +9,15 @@ the sampled heads right, nor without computing every row.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from verifier import reference
 from verifier.spec import Spec
 from verifier.suite import Trial, sampled_inputs
 
-CHUNK_HEADS = 8192  # heads projected, or referenced, at once: 100-200 MB of temporaries at 48 rows and D128
+CHUNK_HEADS = 8192  # heads projected, fingerprinted or referenced at once: 100-400 MB of temporaries at 48 rows, D128
 
 
 def direction(trial: Trial, head_dim: int, device) -> torch.Tensor:
@@ -25,14 +27,21 @@ def direction(trial: Trial, head_dim: int, device) -> torch.Tensor:
     return signs.to(device=device, dtype=torch.float32)
 
 
+def head_chunks(t: torch.Tensor) -> Iterator[tuple[int, slice]]:
+    """(b, heads) over a [B, H, ...] tensor, CHUNK_HEADS heads of one batch element at a time: what a pass over a
+    past-limits tensor may widen or copy at once, whatever its strides."""
+    for b in range(t.shape[0]):
+        for start in range(0, t.shape[1], CHUNK_HEADS):
+            yield b, slice(start, start + CHUNK_HEADS)
+
+
 def project(out: torch.Tensor, trial: Trial) -> torch.Tensor:
     """Each row of the output [B, H, Sq, D] dotted with the direction: [B, H, Sq] float32, on out's device. Any
     strides: a chunk of heads at a time, never a float copy of the whole output."""
     w = direction(trial, out.shape[-1], out.device)
     rows = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)
-    for b in range(out.shape[0]):
-        for start in range(0, out.shape[1], CHUNK_HEADS):
-            rows[b, start:start + CHUNK_HEADS] = out[b, start:start + CHUNK_HEADS].float() @ w
+    for b, heads in head_chunks(out):
+        rows[b, heads] = out[b, heads].float() @ w
     return rows
 
 

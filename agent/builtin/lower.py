@@ -203,8 +203,8 @@ def _lower(fn: Callable, name: str, params: list[str], buffers: dict[str, int], 
         conjuncts = _merged(emitter.result_conjuncts)
         lowered.cut_source = _cut_source(signature, body[:-1], conjuncts)
         lowered.conjuncts = len(conjuncts)
-        lowered.residues, *key_class = emitter.result_pairing
-        lowered.key_class = tuple(key_class)
+        P, sign, shift = emitter.result_pairing
+        lowered.residues, lowered.key_class = P, (sign, shift)
     return lowered
 
 
@@ -296,9 +296,11 @@ class _Emitter:
         left, right = node.args if type(node.args[0]) is not int else node.args[::-1]
         if type(right) is int and (mod := self._remainder(left)) and 0 <= right < mod[1]:
             (operand, P), j = mod, right
-            sign, shift = {"q-kv": (1, -j), "kv-q": (1, j), "q+kv": (-1, j)}.get(self._index_combination(operand),
-                                                                                 (0, 0))
-            return (P, 1 if P == 2 else sign, shift % P) if sign else NO_PAIRING
+            pairing = {"q-kv": (1, -j), "kv-q": (1, j), "q+kv": (-1, j)}.get(self._index_combination(operand))
+            if pairing is None:
+                return NO_PAIRING
+            sign, shift = pairing
+            return P, 1 if P == 2 else sign, shift % P
         mods = self._remainder(left), self._remainder(right)
         if all(mods) and mods[0][1] == mods[1][1] and self._are_the_indices(mods[0][0], mods[1][0]):
             return mods[0][1], 1, 0
