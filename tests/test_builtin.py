@@ -540,6 +540,48 @@ def test_the_gluon_wrapper_hands_the_copy_engine_what_it_can_read(tmp_path, spec
         assert in_place or found[name]["aligned_copy"] == [True] * 3, name
 
 
+def test_the_gluon_wrapper_hands_a_ragged_dilated_problem_over_class_by_class(tmp_path, specs):
+    """Dilated causal (P = 2) at lengths 2 does not divide: the Gluon wrapper, run on the CPU up to the launch,
+    still hands over the residue class problem (P = 2), each tensor's classes in two descriptors where its length
+    is odd (`_class_parts`) and in one where it is even. Read back through the descriptors' own shapes and strides,
+    the two parts hold every row of the tensor exactly once, each where its class and row say (class c, row i: the
+    spec's row 2 i + c)."""
+    source = builtin_kernel(specs / "dilated_causal.py", KernelConfig(128, 128, 4, 2, gluon=True))
+    found = run_interpreted(source, RECORDED_LAUNCHES + """
+        names = module._attn_fwd.arg_names
+        module._attn_fwd = RecordedLaunch("attention")
+        report = {}
+        for SQ, SKV in ((7, 9), (6, 9), (9, 10), (10, 10)):
+            q = torch.randn(2, 3, SQ, 16, dtype=torch.float16)
+            k, v = (torch.randn(2, 3, SKV, 16, dtype=torch.float16) for _ in range(2))
+            module.attention(q, k, v)
+            args = dict(zip(names, launches["attention"][1]))
+            case = {"P": args["P"], "R": [args["RQ"], args["RK"]]}
+            for name, t in (("q", q), ("k", k), ("v", v)):
+                first, second = args[f"{name}_desc"], args[f"{name}_short"]
+                R = args["RQ" if name == "q" else "RK"]
+                rows = {}  # spec row -> its values, read from the descriptors' views
+                for part, shift in ((first, 0), (second, R)):
+                    if part is None:
+                        continue
+                    view = part.base.as_strided(part.shape, part.strides, part.base.storage_offset())
+                    for c in range(view.shape[1]):
+                        for i in range(view.shape[2]):
+                            rows.setdefault((2 * i + c + shift), []).append(view[:, c, i].reshape(6, 16))
+                expected = t.reshape(6, t.shape[2], 16)
+                case[name] = {"split": second is not None,
+                              "every row once": sorted(rows) == list(range(t.shape[2]))
+                              and all(len(r) == 1 and torch.equal(r[0], expected[:, n]) for n, r in rows.items())}
+            report[f"{SQ}x{SKV}"] = case
+        print(json.dumps(report))
+    """, tmp_path)
+    for case, (q_split, kv_split) in {"7x9": (True, True), "6x9": (False, True), "9x10": (True, False),
+                                      "10x10": (False, False)}.items():
+        assert found[case]["P"] == 2 and found[case]["R"] == [int(q_split), int(kv_split)], case
+        assert found[case]["q"] == {"split": q_split, "every row once": True}, case
+        assert found[case]["k"] == found[case]["v"] == {"split": kv_split, "every row once": True}, case
+
+
 def block_map_of(source: str, tmp_path: Path, n: int, row: int) -> dict:
     return run_interpreted(source, f"""
         q = torch.randn(1, 1, {n}, 16, dtype=torch.float16)

@@ -233,7 +233,8 @@ def test_the_gluon_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_p
     """A mask that keeps keys in the query's class mod 3 and reads the batch and the head (or one mod 4, written
     as equal remainders, or one that pairs query class c with key class 1 - c mod 3): at the target lengths
     (multiples of P, as many K heads as Q heads) the kernel runs each class on strided views and maps the indices
-    back for mask_mod; the verifier's ragged trials run the problem as given. Both must be right."""
+    back for mask_mod; the verifier's ragged trials run the classes apart too, in two descriptors a tensor. Both
+    must be right."""
     path = tmp_path / f"{name}.py"
     path.write_text(MASKS_FOR_GLUON[name])
     problem = Problem(SpecFiles(mask_path=str(path)), Shape(2, 4, 4, 768, 1536, 128), "bf16", "cuda")
@@ -253,8 +254,9 @@ def test_the_triton_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_
     """The Triton template's class-by-class path (what GPUs without Gluon run, and what the search times beside
     Gluon on Hopper), with pointer loads and with tensor descriptors on the strided views, with as many K heads as
     Q heads and with GQA (a Q view batch reads its K head's view): the mask mod 3 with a bound per batch element and
-    head (keys in the query's own class, or in class 1 - c), at the target lengths (multiples of 3) and the verifier's ragged ones, where pointer loads still run the
-    classes apart (the longer classes' last row past the views) and descriptors run the problem as given.
+    head (keys in the query's own class, or in class 1 - c), at the target lengths (multiples of 3) and the
+    verifier's ragged ones, where pointer loads still run the classes apart (the longer classes' last row past the
+    views) and descriptors run the problem as given.
     The pointer config keeps every register. The descriptor one's compile report counted 2 spills on the H200, in
     one of its variants (the sm_90 compile of its class variant on the CPU has none)."""
     path = tmp_path / f"{name}.py"
@@ -305,6 +307,32 @@ def test_a_dilated_mask_with_a_score_mod_reading_a_buffer_runs_class_by_class(tm
                                                                               shape.kv_shape))
     module.attention(q, k, v, SLOPES=torch.exp2(-torch.arange(1, 9, dtype=torch.float32, device="cuda")))
     assert {key[5] for key in module._BLOCK_MAPS} == {2}
+
+
+@hopper
+@pytest.mark.parametrize("name", ["classes", "paired_classes"])
+def test_the_gluon_kernel_runs_ragged_lengths_class_by_class(tmp_path, name):
+    """At lengths 3 does not divide, the Gluon kernel runs the mask mod 3 class by class too: each tensor's classes
+    in two descriptors (the longer classes' and the others', `_class_parts`). Q's length, K's, or both ragged, with
+    as many K heads as Q heads and with GQA; the block maps are those of P = 3 and every output agrees with the
+    float64 reference."""
+    config = "BM128 BN128 w4 s2 gluon persistent"
+    from verifier.reference import exact
+    from verifier.spec import load_spec
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(MASKS_FOR_GLUON[name])
+    module = load_module(builtin_source(str(path), config), tmp_path)
+    assert "_class_parts" in module.__dict__
+    spec = load_spec(SpecFiles(mask_path=str(path)))
+    for HK, SQ, SKV in ((4, 767, 1535), (2, 768, 1537), (4, 1000, 1536), (2, 1001, 1001)):
+        module._BLOCK_MAPS.clear()
+        q = torch.randn(2, 4, SQ, 128, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(2, HK, SKV, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        o = module.attention(q, k, v)
+        expected = exact(q.cpu(), k.cpu(), v.cpu(), spec, None, Shape(2, 4, HK, SQ, SKV, 128))
+        assert (o.cpu().double() - expected).abs().max().item() < 2e-2, (HK, SQ, SKV)
+        assert {key[5] for key in module._BLOCK_MAPS} == {3}, (HK, SQ, SKV)
 
 
 @hopper

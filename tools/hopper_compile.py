@@ -98,12 +98,17 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
     t = torch.empty(1, 1, 256, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     rows = module.CONSUMER_ROWS  # each consumer warpgroup's query rows
     descs = [module._descriptor(t, r) for r in (rows, cfg.block_n, cfg.block_n, rows)]
-    # a dilated mask's kernel as the GPU runs it at lengths its residue classes divide (P: the classes run apart)
+    # a dilated mask's kernel with its residue classes apart (P), at lengths they divide unless not even_kv
     constants = dict(BMH=rows, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
                      SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS, LIGHT=light,
                      P=getattr(module, "RESIDUES", 1))
     constants = {name: value for name, value in constants.items() if name in module._attn_fwd.arg_names}
     signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)))
+    if "P" in constants:  # a dilated mask's kernel, its residue classes apart: ragged, in two descriptors a tensor
+        for name, first in (("q_short", "q_desc"), ("k_short", "k_desc"), ("v_short", "v_desc"), ("o_short", "o_desc")):
+            signature[name] = signature[first] if not even_kv else "constexpr"
+            if even_kv:
+                constants[name] = None
     signature.update({name: "constexpr" if name in constants else _type(name, cfg, spec, head_dim, dtype)
                       for name in module._attn_fwd.arg_names if name not in signature})
     return compile_for_hopper(module._attn_fwd, signature, constants, dict(num_warps=cfg.num_warps))
