@@ -3,7 +3,8 @@
 The GPU tests (tests/test_gpu_verifier.py) take longer than one device call allows when run one after another,
 and much of their time is compiling and checking on the host: several processes on one GPU overlap it. Each
 shard collects the same tests and keeps its share, dealt round-robin in collection order (this module is also
-the pytest plugin that deals them); each writes its log and JUnit file to --out; the exit status is 0 only if
+the pytest plugin that deals them); each writes its log and JUnit file to --out, and each failure as it happens to shardN.failures
+(pytest prints failures only at its end, which a device call's time limit may not let it reach); the exit status is 0 only if
 every shard passed (or had nothing to run).
 
     python scripts/sharded_tests.py --shards 4 --out $OUT -- tests/test_gpu_verifier.py -p no:logging
@@ -22,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_VARIABLE = "KGEN_SHARD"
+FAILURES_VARIABLE = "KGEN_SHARD_FAILURES"  # the file each failure is written to the moment it is known
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,6 +37,14 @@ def pytest_collection_modifyitems(config, items):
         kept = {id(item) for item in keep}
         config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
         items[:] = keep
+
+
+def pytest_runtest_logreport(report):
+    """As the plugin: a failed test's (or its setup's) report, appended and flushed at once."""
+    path = os.environ.get(FAILURES_VARIABLE)
+    if path and report.failed:
+        with open(path, "a") as failures:
+            failures.write(f"==== {report.nodeid} ({report.when}) FAILED\n{report.longreprtext}\n\n")
 
 
 def totals(junit: Path) -> dict[str, int]:
@@ -63,19 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         log = open(args.out / f"shard{i}.log", "w")
         command = [sys.executable, "-m", "pytest", "-q", "-p", "scripts.sharded_tests",
                    f"--junitxml={args.out / f'shard{i}.xml'}", *args.pytest_args]
-        env = {**os.environ, SHARD_VARIABLE: f"{i}/{args.shards}"}
+        (args.out / f"shard{i}.failures").write_text("")
+        env = {**os.environ, SHARD_VARIABLE: f"{i}/{args.shards}",
+               FAILURES_VARIABLE: str(args.out / f"shard{i}.failures")}
         running.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     codes = []
     for process, log in running:
         codes.append(process.wait())
         log.close()
     summed: dict[str, int] = {}
+    stopped = [i for i in shards if not (args.out / f"shard{i}.xml").exists()]
+    for i in stopped:
+        print(f"shard {i} stopped before its report: see shard{i}.log and shard{i}.failures")
     for i in shards:
+        if i in stopped:
+            continue
         for key, n in totals(args.out / f"shard{i}.xml").items():
             summed[key] = summed.get(key, 0) + n
     print(f"{len(running)} shard(s): " + ", ".join(f"{n} {key}" for key, n in summed.items() if key != "tests")
           + f" of {summed.get('tests', 0)}; exit codes {codes}; logs in {args.out}")
-    return 0 if all(code in (0, 5) for code in codes) else 1
+    return 0 if all(code in (0, 5) for code in codes) and not stopped else 1
 
 
 if __name__ == "__main__":

@@ -230,6 +230,24 @@ def test_sharded_tests_deal_every_test_once_and_report_the_sum(tmp_path):
     assert "test_fails" in "".join((out / f"shard{i}.log").read_text() for i in range(3))
 
 
+def test_sharded_tests_write_each_failure_the_moment_it_is_known(tmp_path):
+    """A shard stopped before pytest's summary (a device call's time limit; here the process exits mid-run) still
+    leaves each failure it reached, with its assertion, in shardN.failures."""
+    tests = tmp_path / "test_sample.py"
+    tests.write_text("import os\n\ndef test_fails():\n    assert 1 + 1 == 3, 'the sum is off'\n\n"
+                     "def test_passes():\n    pass\n\ndef test_stops_the_process():\n    os._exit(9)\n")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "1", "--out",
+                             str(out), "--", str(tests), "-p", "no:cacheprovider"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert "shard 0 stopped before its report" in result.stdout
+    assert "the sum is off" not in (out / "shard0.log").read_text()  # pytest never reached its summary
+    failures = (out / "shard0.failures").read_text()
+    assert "==== " in failures and "test_fails (call) FAILED" in failures and "the sum is off" in failures
+    assert "test_passes" not in failures
+
+
 def test_sharded_tests_only_runs_the_shards_named_and_together_they_run_every_test_once(tmp_path):
     tests = tmp_path / "test_sample.py"
     tests.write_text("import pytest\n\n@pytest.mark.parametrize('i', range(6))\ndef test_passes(i):\n    pass\n\n"
