@@ -104,11 +104,13 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
                      P=getattr(module, "RESIDUES", 1))
     constants = {name: value for name, value in constants.items() if name in module._attn_fwd.arg_names}
     signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)))
-    if "P" in constants:  # a dilated mask's kernel, its residue classes apart: ragged, in two descriptors a tensor
-        for name, first in (("q_short", "q_desc"), ("k_short", "k_desc"), ("v_short", "v_desc"), ("o_short", "o_desc")):
-            signature[name] = signature[first] if not even_kv else "constexpr"
+    # a dilated mask's second descriptors (`_class_parts`): None at even lengths, else of the first's type
+    if "P" in constants:
+        for name in ("q", "k", "v", "o"):
             if even_kv:
-                constants[name] = None
+                constants[f"{name}_short"] = None  # (signature: constexpr, below)
+            else:
+                signature[f"{name}_short"] = signature[f"{name}_desc"]
     signature.update({name: "constexpr" if name in constants else _type(name, cfg, spec, head_dim, dtype)
                       for name in module._attn_fwd.arg_names if name not in signature})
     return compile_for_hopper(module._attn_fwd, signature, constants, dict(num_warps=cfg.num_warps))
