@@ -11,7 +11,9 @@ import triton.language as tl
 
 @triton.jit
 def _zero(X, N, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    # 64-bit offsets: the verifier's trial past the index limits has more than 2**31 output elements, where
+    # program_id * BLOCK wraps in 32 bits (the last programs would store below the output)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     tl.store(X + offs, tl.zeros([BLOCK], X.dtype.element_ty), mask=offs < N)
 
 
