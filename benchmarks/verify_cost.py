@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +39,8 @@ class Row:
     config: str
     past_limits: bool
     verdict: str
-    seconds: float  # the whole verification (the warm ones' mean)
+    # each of these three is the warm verifications' mean, so that a stage's seconds is part of the whole's
+    seconds: float  # the whole verification
     child: float  # the candidate's process: import, first call, every trial
     numerics: float  # the verifier's references and comparisons (the every-row check included)
     trials: int
@@ -60,16 +62,24 @@ def judge(spec_path: Path, shape, device: str, config: str | None, past_limits: 
         verdicts.append(verifier.verify(source))
         seconds.append(time.monotonic() - started)
     verdict = next((v for v in verdicts if not v.accepted), verdicts[-1])
-    stages = {s.stage: s for s in verdicts[-1].stages}
-    run = stages.get("run")
+    warm = verdicts[1:]
     largest = max(verifier.suite, key=lambda t: t.shape.batch * t.shape.heads * t.shape.seq_len)
     budgets = [v.metrics.error_budget_used for v in verdicts]
     return Row(spec=spec.name, config=cfg.label(), past_limits=any(t.sample for t in verifier.suite),
                verdict="accepted" if verdict.accepted else f"{verdict.reason}: {verdict.message[:80]}",
-               seconds=sum(seconds) / len(seconds), child=run.details.get("seconds", 0.0) if run else 0.0,
-               numerics=stages["numerics"].seconds if "numerics" in stages else 0.0, trials=len(verifier.suite),
+               seconds=mean(seconds), child=mean([child_seconds(v) for v in warm]),
+               numerics=mean([stage_seconds(v, "numerics") for v in warm]), trials=len(verifier.suite),
                largest=largest.shape.label(), seeds=[v.seed for v in verdicts],
                error_budget_used=max(budgets) if verdict.accepted else None)
+
+
+def child_seconds(verdict) -> float:
+    run = next((s for s in verdict.stages if s.stage == "run"), None)
+    return run.details.get("seconds", 0.0) if run else 0.0
+
+
+def stage_seconds(verdict, stage: str) -> float:
+    return next((s.seconds for s in verdict.stages if s.stage == stage), 0.0)
 
 
 def print_table(rows: list[Row]) -> None:
