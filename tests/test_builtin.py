@@ -318,9 +318,9 @@ def test_the_triton_kernel_runs_each_residue_class_apart_where_a_view_exists(tmp
     descriptors (which take the views' strides; the interpreter runs both). The verifier accepts the kernel (its
     trials at lengths 3 does not divide run the class problem with pointer loads); the class problem runs exactly
     where a view exists (batch and head that fold, or with descriptors a contiguous copy of them; with GQA and with
-    one K head too, where a Q view batch reads its K head's view; with descriptors only at lengths multiples of 3,
-    with pointers at any of 3 or more), the problem as given elsewhere, and each agrees with the float64
-    reference."""
+    one K head too, where a Q view batch reads its K head's view; at any length of 3 or more: pointers reach a longer
+    class's last row through the view's strides, descriptors take each tensor's classes in two parts where 3 does
+    not divide its length), the problem as given elsewhere, and each agrees with the float64 reference."""
     path = tmp_path / "classes.py"
     path.write_text(CLASSES_WITH_A_BIAS)
     source = builtin_kernel(path, cfg)
@@ -332,11 +332,9 @@ def test_the_triton_kernel_runs_each_residue_class_apart_where_a_view_exists(tmp
         "one query": (2, 4, 4, 1, 190), "two keys": (2, 4, 1, 95, 2), "transposed": (2, 4, 4, 96, 192)},
         tmp_path, buffers="SLOPES=torch.exp2(-torch.arange(1, 5, dtype=torch.float32))")
     # descriptors take a contiguous copy of any other layout (as the Gluon kernel does), whose batch and head fold;
-    # at lengths 3 does not divide, pointer loads reach the longer classes' last row, descriptors would not; under 3
-    # rows some class has none, and a view of none has no address
-    ragged = [1] if cfg.tma else [3]
-    assert found == {"classes": [3], "gqa": [3], "mqa": [3], "ragged": ragged, "ragged gqa": ragged,
-                     "four queries": ragged, "one query": [1], "two keys": [1], "transposed": [3] if cfg.tma else [1]}
+    # under 3 rows some class has none, and a view of none has no address
+    assert found == {"classes": [3], "gqa": [3], "mqa": [3], "ragged": [3], "ragged gqa": [3], "four queries": [3],
+                     "one query": [1], "two keys": [1], "transposed": [3] if cfg.tma else [1]}
 
 
 def class_problems_run(source: str, files: SpecFiles, cases: dict, tmp_path: Path, buffers: str = "") -> dict:
@@ -378,7 +376,7 @@ def test_query_classes_paired_with_another_key_class_run_apart(tmp_path, verifie
     """Where the mask pairs query class c with key class -c + j or c - j (`(q_idx + kv_idx) % P == j`,
     `(q_idx - kv_idx) % P == j`), the kernel runs each query class against its paired key class: the K and V
     views' head is that class, and the spec's functions see the keys' own indices. The verifier accepts the
-    kernel; at lengths where the views exist (with pointers at ragged lengths too, with GQA as well) the class
+    kernel; at lengths where the views exist (ragged ones too, with GQA as well) the class
     problem runs, and each output agrees with the float64 reference."""
     path = write_spec(tmp_path, name, f"def mask_mod(b, h, q_idx, kv_idx):\n    return {PAIRED_CLASSES[name]}\n")
     P = lower_spec(load_spec(SpecFiles(mask_path=path))).mask.residues
@@ -387,7 +385,7 @@ def test_query_classes_paired_with_another_key_class_run_apart(tmp_path, verifie
     assert verifier(path, shape=Shape(2, 4, 2, 48, 96, 16)).verify(source).accepted
     found = class_problems_run(source, SpecFiles(mask_path=path), {
         "classes": (2, 4, 4, 48, 96), "gqa": (2, 4, 2, 48, 96), "ragged": (2, 4, 2, 47, 93)}, tmp_path)
-    assert found == {"classes": [P], "gqa": [P], "ragged": [1] if cfg.tma else [P]}
+    assert found == {"classes": [P], "gqa": [P], "ragged": [P]}
 
 
 # (indented as the scripts run_interpreted dedents)
@@ -540,14 +538,21 @@ def test_the_gluon_wrapper_hands_the_copy_engine_what_it_can_read(tmp_path, spec
         assert in_place or found[name]["aligned_copy"] == [True] * 3, name
 
 
-def test_the_gluon_wrapper_hands_a_ragged_dilated_problem_over_class_by_class(tmp_path, specs):
-    """Dilated causal (P = 2) at lengths 2 does not divide: the Gluon wrapper, run on the CPU up to the launch,
-    still hands over the residue class problem (P = 2), each tensor's classes in two descriptors where its length
-    is odd (`_class_parts`) and in one where it is even. Read back through the descriptors' own shapes and strides,
-    the two parts hold every row of the tensor exactly once, each where its class and row say (class c, row i: the
-    spec's row 2 i + c)."""
-    source = builtin_kernel(specs / "dilated_causal.py", KernelConfig(128, 128, 4, 2, gluon=True))
-    found = run_interpreted(source, RECORDED_LAUNCHES + """
+@pytest.mark.parametrize("cfg, first, second", [(KernelConfig(128, 128, 4, 2, gluon=True), "{}_desc", "{}_short"),
+                                                 (KernelConfig(128, 64, 8, 3, tma=True), "{}", "{}_SHORT")],
+                         ids=["gluon", "triton descriptors"])
+def test_the_descriptor_wrappers_hand_a_ragged_dilated_problem_over_class_by_class(tmp_path, specs, cfg, first,
+                                                                                   second):
+    """Dilated causal (P = 2) at lengths 2 does not divide: the Gluon wrapper and the Triton kernel's with tensor
+    descriptors, run on the CPU up to the launch, still hand over the residue class problem (P = 2), each tensor's
+    classes in two descriptors where its length is odd (`_class_parts`) and in one where it is even. Read back
+    through the descriptors' own shapes and strides, the two parts hold every row of the tensor exactly once, each
+    where its class and row say (class c, row i: the spec's row 2 i + c)."""
+    source = builtin_kernel(specs / "dilated_causal.py", cfg)
+    arg_names = f"""
+        FIRST, SECOND, UPPER = {first!r}, {second!r}, {cfg.tma!r}  # how the kernel names its descriptor arguments
+"""
+    found = run_interpreted(source, RECORDED_LAUNCHES + arg_names + """
         names = module._attn_fwd.arg_names
         module._attn_fwd = RecordedLaunch("attention")
         report = {}
@@ -558,7 +563,8 @@ def test_the_gluon_wrapper_hands_a_ragged_dilated_problem_over_class_by_class(tm
             args = dict(zip(names, launches["attention"][1]))
             case = {"P": args["P"], "R": [args["RQ"], args["RK"]]}
             for name, t in (("q", q), ("k", k), ("v", v)):
-                first, second = args[f"{name}_desc"], args[f"{name}_short"]
+                arg = name.upper() if UPPER else name
+                first, second = args[FIRST.format(arg)], args[SECOND.format(arg)]
                 R = args["RQ" if name == "q" else "RK"]
                 rows = {}  # spec row -> its values, read from the descriptors' views
                 for part, shift in ((first, 0), (second, R)):

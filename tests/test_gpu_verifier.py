@@ -255,8 +255,8 @@ def test_the_triton_kernel_runs_the_residue_classes_of_a_dilated_mask_apart(tmp_
     Gluon on Hopper), with pointer loads and with tensor descriptors on the strided views, with as many K heads as
     Q heads and with GQA (a Q view batch reads its K head's view): the mask mod 3 with a bound per batch element and
     head (keys in the query's own class, or in class 1 - c), at the target lengths (multiples of 3) and the
-    verifier's ragged ones, where pointer loads still run the classes apart (the longer classes' last row past the
-    views) and descriptors run the problem as given.
+    verifier's ragged ones, where they run the classes apart too (pointer loads reach the longer classes' last row
+    past the views; descriptors take each tensor's classes in two parts).
     The pointer config keeps every register. The descriptor one's compile report counted 2 spills on the H200, in
     one of its variants (the sm_90 compile of its class variant on the CPU has none)."""
     path = tmp_path / f"{name}.py"
@@ -311,12 +311,13 @@ def test_a_dilated_mask_with_a_score_mod_reading_a_buffer_runs_class_by_class(tm
 
 @hopper
 @pytest.mark.parametrize("name", ["classes", "paired_classes"])
-def test_the_gluon_kernel_runs_ragged_lengths_class_by_class(tmp_path, name):
-    """At lengths 3 does not divide, the Gluon kernel runs the mask mod 3 class by class too: each tensor's classes
-    in two descriptors (the longer classes' and the others', `_class_parts`). Q's length, K's, or both ragged, with
-    as many K heads as Q heads and with GQA; the block maps are those of P = 3 and every output agrees with the
+@pytest.mark.parametrize("config", ["BM128 BN128 w4 s2 gluon persistent", "BM64 BN128 w4 s2 tma"])
+def test_the_descriptor_kernels_run_ragged_lengths_class_by_class(tmp_path, name, config):
+    """At lengths 3 does not divide, the Gluon kernel and the Triton kernel with tensor descriptors run the mask
+    mod 3 class by class too: each tensor's classes in two descriptors (the longer classes' and the others',
+    `_class_parts`; a Triton program picks its class's before its loops). Q's length, K's, or both ragged, with as
+    many K heads as Q heads and with GQA; the block maps are those of P = 3 and every output agrees with the
     float64 reference."""
-    config = "BM128 BN128 w4 s2 gluon persistent"
     from verifier.reference import exact
     from verifier.spec import load_spec
 

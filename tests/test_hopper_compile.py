@@ -269,16 +269,19 @@ def test_a_mask_pairing_query_classes_with_other_key_classes_compiles_as_dilated
     assert abs(whole_paired - whole_own) <= 0.02 * whole_own
 
 
-def test_a_dilated_mask_at_ragged_lengths_compiles_with_two_descriptors_a_tensor(specs):
-    """At lengths 2 does not divide, dilated causal's Gluon kernel takes each tensor's classes in two descriptors
-    (`_class_parts`) and its loader and stores pick one per copy, a branch the warpgroup takes alike. Compiled for
-    sm_90: the same matmuls as at even lengths (one descriptor a tensor), no serialized wgmmas, and the consumers'
-    key loops within a few instructions of theirs."""
-    spec, cfg = str(specs / "dilated_causal.py"), KernelConfig(128, 128, 4, 2, gluon=True, persistent=True)
+@pytest.mark.parametrize("cfg", [KernelConfig(128, 128, 4, 2, gluon=True, persistent=True),
+                                 KernelConfig(128, 64, 8, 3, tma=True)], ids=["gluon", "triton descriptors"])
+def test_a_dilated_mask_at_ragged_lengths_compiles_with_two_descriptors_a_tensor(specs, cfg):
+    """At lengths 2 does not divide, dilated causal's kernels take each tensor's classes in two descriptors
+    (`_class_parts`): the Gluon kernel's loader and stores pick one per copy, a branch the warpgroup takes alike; a
+    Triton program picks its class's once, before its key loops (a branch at each load made the pipelined loop
+    647 instructions a trip against 499). Compiled for sm_90: the same matmuls as at even lengths (one descriptor a
+    tensor), no serialized wgmmas, and key loops no longer than theirs but for a few instructions."""
+    spec = str(specs / "dilated_causal.py")
     even, ragged = (compile_builtin(spec, cfg, head_dim=128, even_kv=even) for even in (True, False))
     assert ragged["sass_sha"] != even["sass_sha"]  # the second descriptors are there
     assert ragged["tensor_core_instructions"] == even["tensor_core_instructions"] > 0
     assert not ragged["wgmma_serialized"] and ragged["fits_shared_memory"]
     assert len(ragged["matmul_loop_instructions"]) == len(even["matmul_loop_instructions"])
     for loop_even, loop_ragged in zip(even["matmul_loop_instructions"], ragged["matmul_loop_instructions"]):
-        assert abs(loop_ragged - loop_even) <= 0.02 * loop_even
+        assert loop_ragged <= 1.02 * loop_even

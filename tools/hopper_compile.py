@@ -70,9 +70,22 @@ def _compile_triton(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, 
                      EVEN_KV=even_kv)
     if spec.mask_mod:
         constants.update(FULL_RUNS=runs, PART_RUNS=runs, LIGHT=light)
-    if "P" in kernel.arg_names:  # a dilated mask's kernel as run at lengths its residue classes divide
+    if "P" in kernel.arg_names:  # a dilated mask's kernel with its residue classes apart
         constants["P"] = module.RESIDUES
+    if "Q_SHORT" in kernel.arg_names:
+        _second_descriptors(signature, constants, even_kv, [(name, f"{name}_SHORT") for name in "QKVO"])
     return compile_for_hopper(kernel, signature, constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+
+def _second_descriptors(signature: dict, constants: dict, even_kv: bool, names: list[tuple[str, str]]) -> None:
+    """A dilated mask's second descriptors (`_class_parts`), where the kernel takes them: None at lengths the
+    residue classes divide, else of the first one's type (`--ragged` means both)."""
+    for first, second in names:
+        if even_kv:
+            constants[second] = None
+            signature[second] = "constexpr"
+        else:
+            signature[second] = signature[first]
 
 
 def compile_for_hopper(kernel, signature: dict, constants: dict, options: dict):
@@ -104,13 +117,8 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
                      P=getattr(module, "RESIDUES", 1))
     constants = {name: value for name, value in constants.items() if name in module._attn_fwd.arg_names}
     signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)))
-    # a dilated mask's second descriptors (`_class_parts`): None at even lengths, else of the first's type
     if "P" in constants:
-        for name in ("q", "k", "v", "o"):
-            if even_kv:
-                constants[f"{name}_short"] = None  # (signature: constexpr, below)
-            else:
-                signature[f"{name}_short"] = signature[f"{name}_desc"]
+        _second_descriptors(signature, constants, even_kv, [(f"{name}_desc", f"{name}_short") for name in "qkvo"])
     signature.update({name: "constexpr" if name in constants else _type(name, cfg, spec, head_dim, dtype)
                       for name in module._attn_fwd.arg_names if name not in signature})
     return compile_for_hopper(module._attn_fwd, signature, constants, dict(num_warps=cfg.num_warps))
@@ -195,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--light", type=int, default=0,
                         help="the mask's conjuncts (a bitmask) left out of light cut blocks, as the block map picks")
     parser.add_argument("--ragged", action="store_true",
-                        help="the variant for key lengths the key block does not divide (EVEN_KV=False)")
+                        help="the variant for key lengths the key block does not divide (EVEN_KV=False); for a "
+                             "dilated mask's descriptor kernels, lengths P does not divide (two descriptors a tensor)")
     args = parser.parse_args(argv)
     print(json.dumps(compile_builtin(args.spec, args.config, args.head_dim, even_kv=not args.ragged,
                                      light=args.light), indent=1))
