@@ -316,7 +316,7 @@ def test_the_triton_kernel_runs_each_residue_class_apart_where_a_view_exists(tmp
     GPUs without Gluon get it too. Here a mask mod 3 with a bound per batch element and head, and a score_mod
     reading a buffer by head: the spec's functions must see the spec's indices. With pointer loads and with tensor
     descriptors (which take the views' strides; the interpreter runs both). The verifier accepts the kernel (its
-    trials at lengths 3 does not divide run the class problem with pointer loads); the class problem runs exactly
+    trials at lengths 3 does not divide run the class problem too); the class problem runs exactly
     where a view exists (batch and head that fold, or with descriptors a contiguous copy of them; with GQA and with
     one K head too, where a Q view batch reads its K head's view; at any length of 3 or more: pointers reach a longer
     class's last row through the view's strides, descriptors take each tensor's classes in two parts where 3 does
@@ -376,8 +376,8 @@ def test_query_classes_paired_with_another_key_class_run_apart(tmp_path, verifie
     """Where the mask pairs query class c with key class -c + j or c - j (`(q_idx + kv_idx) % P == j`,
     `(q_idx - kv_idx) % P == j`), the kernel runs each query class against its paired key class: the K and V
     views' head is that class, and the spec's functions see the keys' own indices. The verifier accepts the
-    kernel; at lengths where the views exist (ragged ones too, with GQA as well) the class
-    problem runs, and each output agrees with the float64 reference."""
+    kernel; at lengths where the views exist (ragged ones too, with GQA as well) the class problem runs, and each
+    output agrees with the float64 reference."""
     path = write_spec(tmp_path, name, f"def mask_mod(b, h, q_idx, kv_idx):\n    return {PAIRED_CLASSES[name]}\n")
     P = lower_spec(load_spec(SpecFiles(mask_path=path))).mask.residues
     source = builtin_kernel(path, cfg)
@@ -538,21 +538,25 @@ def test_the_gluon_wrapper_hands_the_copy_engine_what_it_can_read(tmp_path, spec
         assert in_place or found[name]["aligned_copy"] == [True] * 3, name
 
 
-@pytest.mark.parametrize("cfg, first, second", [(KernelConfig(128, 128, 4, 2, gluon=True), "{}_desc", "{}_short"),
-                                                 (KernelConfig(128, 64, 8, 3, tma=True), "{}", "{}_SHORT")],
+# the attention kernels' arguments for each tensor's first and second descriptors
+GLUON_DESCRIPTORS = {name: (f"{name}_desc", f"{name}_short") for name in "qkv"}
+TRITON_DESCRIPTORS = {name: (name.upper(), f"{name.upper()}_SHORT") for name in "qkv"}
+
+
+@pytest.mark.parametrize("cfg, descriptor_args", [(KernelConfig(128, 128, 4, 2, gluon=True), GLUON_DESCRIPTORS),
+                                                  (KernelConfig(128, 64, 8, 3, tma=True), TRITON_DESCRIPTORS)],
                          ids=["gluon", "triton descriptors"])
-def test_the_descriptor_wrappers_hand_a_ragged_dilated_problem_over_class_by_class(tmp_path, specs, cfg, first,
-                                                                                   second):
+def test_the_descriptor_wrappers_hand_a_ragged_dilated_problem_over_class_by_class(tmp_path, specs, cfg,
+                                                                                   descriptor_args):
     """Dilated causal (P = 2) at lengths 2 does not divide: the Gluon wrapper and the Triton kernel's with tensor
     descriptors, run on the CPU up to the launch, still hand over the residue class problem (P = 2), each tensor's
     classes in two descriptors where its length is odd (`_class_parts`) and in one where it is even. Read back
     through the descriptors' own shapes and strides, the two parts hold every row of the tensor exactly once, each
     where its class and row say (class c, row i: the spec's row 2 i + c)."""
     source = builtin_kernel(specs / "dilated_causal.py", cfg)
-    arg_names = f"""
-        FIRST, SECOND, UPPER = {first!r}, {second!r}, {cfg.tma!r}  # how the kernel names its descriptor arguments
-"""
-    found = run_interpreted(source, RECORDED_LAUNCHES + arg_names + """
+    found = run_interpreted(source, RECORDED_LAUNCHES + f"""
+        DESCRIPTOR_ARGS = {descriptor_args!r}
+""" + """
         names = module._attn_fwd.arg_names
         module._attn_fwd = RecordedLaunch("attention")
         report = {}
@@ -563,8 +567,7 @@ def test_the_descriptor_wrappers_hand_a_ragged_dilated_problem_over_class_by_cla
             args = dict(zip(names, launches["attention"][1]))
             case = {"P": args["P"], "R": [args["RQ"], args["RK"]]}
             for name, t in (("q", q), ("k", k), ("v", v)):
-                arg = name.upper() if UPPER else name
-                first, second = args[FIRST.format(arg)], args[SECOND.format(arg)]
+                first, second = (args[a] for a in DESCRIPTOR_ARGS[name])
                 R = args["RQ" if name == "q" else "RK"]
                 rows = {}  # spec row -> its values, read from the descriptors' views
                 for part, shift in ((first, 0), (second, R)):
