@@ -67,19 +67,15 @@ def judge(spec_path: Path, shape, device: str, config: str | None, past_limits: 
     budgets = [v.metrics.error_budget_used for v in verdicts]
     return Row(spec=spec.name, config=cfg.label(), past_limits=any(t.sample for t in verifier.suite),
                verdict="accepted" if verdict.accepted else f"{verdict.reason}: {verdict.message[:80]}",
-               seconds=mean(seconds), child=mean([child_seconds(v) for v in warm]),
+               seconds=mean(seconds), child=mean([stage_seconds(v, "run") for v in warm]),
                numerics=mean([stage_seconds(v, "numerics") for v in warm]), trials=len(verifier.suite),
                largest=largest.shape.label(), seeds=[v.seed for v in verdicts],
                error_budget_used=max(budgets) if verdict.accepted else None)
 
 
-def child_seconds(verdict) -> float:
-    run = next((s for s in verdict.stages if s.stage == "run"), None)
-    return run.details.get("seconds", 0.0) if run else 0.0
-
-
-def stage_seconds(verdict, stage: str) -> float:
-    return next((s.seconds for s in verdict.stages if s.stage == stage), 0.0)
+def stage_seconds(verdict, name: str) -> float:
+    """A stage's seconds (the run stage's: the candidate's process); 0 if the verification stopped before it."""
+    return next((s.seconds for s in verdict.stages if s.stage == name), 0.0)
 
 
 def print_table(rows: list[Row]) -> None:
