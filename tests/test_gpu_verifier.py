@@ -73,9 +73,11 @@ def test_a_kernel_that_fails_past_the_index_limits_is_rejected_on_that_trial_alo
 
 
 def test_the_report_counts_spilled_registers(gpu_verifier):
-    """128x128 tiles with 4 warps do not fit the registers (sm_90 compile on the CPU: 255 a thread, 370 spill
-    instructions): the kernel is correct and accepted, and the compiler report says how much spilled."""
-    verdict = gpu_verifier().verify(flash_source(bm=128, bn=128))
+    """128x128 tiles with 4 warps at D=128 cannot fit 255 registers a thread: the fp32 output tile alone takes 128
+    of them, the fp32 score tile 128 more. The kernel is correct and accepted, and the compiler report says how much
+    spilled. (At D=64, on the H100 in 2026-12, the GPU's ptxas fitted this kernel in 255 registers with no local
+    memory, where the CPU's sm_90 compile had spilled: the test was moved to D=128.)"""
+    verdict = gpu_verifier("noop", Shape(2, 8, 8, 1024, 1024, 128)).verify(flash_source(bm=128, bn=128))
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     [kernel] = [k for k in verdict.metrics.compiled if k["name"] == "_attn_fwd"]
     assert kernel["registers"] == 255 and kernel["spills"] > 0
