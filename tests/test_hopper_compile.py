@@ -53,6 +53,30 @@ def test_the_command_line_compiles_the_ragged_length_variant_on_request(specs, c
     assert ragged["matmul_loop_spill_instructions"] == 0 and not ragged["wgmma_serialized"]
 
 
+@pytest.mark.parametrize("config", ["BM128 BN128 w4 s2 gluon persistent", "BM128 BN64 w4 s4 gluon"])
+def test_the_dense_gluon_kernel_at_a_key_length_of_one_keeps_its_wgmmas_apart(specs, capsys, config):
+    """Triton's launcher compiles an integer argument equal to 1 as a constant, so a call with a single key (one of
+    the verifier's trials) runs a variant of its own: its key loop folds away. A tile change that finished one
+    tile under the next one's QK^T (branch `cross-tile-finish`) made ptxas serialize that variant's wgmmas, which
+    only the GPU tests saw until `--one SKV` compiled it here."""
+    reports = []
+    for extra in ([], ["--one", "SKV"]):
+        assert main(["--spec", str(specs / "noop.py"), "--config", config, "--head-dim", "64", "--ragged",
+                     *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    any_length, one_key = reports
+    assert any_length["sass_sha"] != one_key["sass_sha"]  # the constant took effect
+    assert one_key["wgmma_serialized"] is False and one_key["ptxas_warnings"] == []
+
+
+def test_only_an_integer_argument_can_be_passed_as_one(specs, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--spec", str(specs / "noop.py"), "--config", "BM128 BN64 w4 s4 gluon", "--one", "qk_scale"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "'qk_scale' is not an integer argument" in error and "SKV" in error  # it lists the ones there are
+
+
 def test_one_stage_more_does_not_fit(causal):
     """What the H100 refused at launch (OutOfResources: shared memory) is visible before any GPU time is spent."""
     report = compile_builtin(causal, KernelConfig(128, 128, 8, 4, tma=True), head_dim=128)

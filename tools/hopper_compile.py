@@ -6,6 +6,12 @@ ptxas had to serialize them can be read here before any GPU time is spent. Two c
 SASS get the same `sass_sha`.
 
     python tools/hopper_compile.py --spec examples/specs/causal.py --config "BM128 BN128 w8 s3 tma"
+
+The GPU compiles more variants of a kernel than the one a call's shapes name: Triton specializes an integer
+argument equal to 1 as a constant (`--one SKV`: the variant for a single key, which the verifier runs), and key
+lengths the block does not divide get their own (`--ragged`).
+
+    python tools/hopper_compile.py --spec examples/specs/noop.py --config "BM128 BN64 w4 s4 gluon" --ragged --one SKV
 """
 from __future__ import annotations
 
@@ -43,25 +49,27 @@ TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float
 
 
 def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
-                    even_kv: bool = True, runs: bool = True, light: int = 0) -> dict:
+                    even_kv: bool = True, runs: bool = True, light: int = 0, ones: tuple[str, ...] = ()) -> dict:
     """Render the built-in kernel for `cfg` and compile its attention kernel for sm_90; report the result."""
-    return {"config": cfg.label(), **facts(compiled_builtin(spec_path, cfg, head_dim, dtype, even_kv, runs, light))}
+    return {"config": cfg.label(),
+            **facts(compiled_builtin(spec_path, cfg, head_dim, dtype, even_kv, runs, light, ones))}
 
 
 def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
-                     even_kv: bool = True, runs: bool = True, light: int = 0):
+                     even_kv: bool = True, runs: bool = True, light: int = 0, ones: tuple[str, ...] = ()):
     """The built-in kernel's `_attn_fwd` for `cfg`, compiled for sm_90 (a Triton CompiledKernel, not loaded).
-    `light`: the mask's conjuncts left out of light cut blocks (the block map's choice; 0: none)."""
+    `light`: the mask's conjuncts left out of light cut blocks (the block map's choice; 0: none). `ones`: integer
+    arguments passed as 1 (see `_passed_as_one`)."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
     with tempfile.TemporaryDirectory(prefix="kgen-hopper-compile-") as tmp:  # the module's file, gone afterwards
         module = load_module(source, Path(tmp))
-        return (_compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light) if cfg.gluon
-                else _compile_triton(module, cfg, spec, head_dim, dtype, even_kv, runs, light))
+        return (_compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light, ones) if cfg.gluon
+                else _compile_triton(module, cfg, spec, head_dim, dtype, even_kv, runs, light, ones))
 
 
 def _compile_triton(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool, runs: bool,
-                    light: int):
+                    light: int, ones: tuple[str, ...]):
     """The Triton kernel's `_attn_fwd`, its pointer or descriptor types as the wrapper would pass them."""
     kernel = module._attn_fwd
     dp = triton.next_power_of_2(max(head_dim, 16))
@@ -74,6 +82,7 @@ def _compile_triton(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, 
         constants["P"] = module.RESIDUES
     if "Q_SHORT" in kernel.arg_names:
         _second_descriptors(signature, constants, even_kv, [(name, f"{name}_SHORT") for name in "QKVO"])
+    _passed_as_one(signature, constants, ones)
     return compile_for_hopper(kernel, signature, constants, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
@@ -86,6 +95,23 @@ def _second_descriptors(signature: dict, constants: dict, even_kv: bool, names: 
             signature[second] = "constexpr"
         else:
             signature[second] = signature[first]
+
+
+class NotAnIntegerArgument(ValueError):
+    """A name given to `--one` that is not an integer argument of the kernel."""
+
+
+def _passed_as_one(signature: dict, constants: dict, ones: tuple[str, ...]) -> None:
+    """Compile the integer arguments named in `ones` as the constant 1. Triton's launcher does so for any integer
+    argument equal to 1 (a key length of 1, a GQA group of 1), so the GPU compiles variants a compile without
+    them never sees: a loop over one key block folds away, and ptxas may then serialize wgmmas that it did not
+    serialize before."""
+    for name in ones:
+        if signature.get(name) != "i32":
+            raise NotAnIntegerArgument(f"{name!r} is not an integer argument of this kernel "
+                             f"(its integer arguments: {', '.join(n for n, t in signature.items() if t == 'i32')})")
+        signature[name] = "constexpr"
+        constants[name] = 1
 
 
 def compile_for_hopper(kernel, signature: dict, constants: dict, options: dict):
@@ -104,7 +130,8 @@ def facts(compiled) -> dict:
             "ptxas_warnings": warnings}
 
 
-def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool, light: int):
+def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool, light: int,
+                   ones: tuple[str, ...]):
     """The Gluon kernel's `_attn_fwd`, its descriptor types taken from descriptors over a CPU tensor."""
     import torch
     from triton.runtime.jit import mangle_type
@@ -121,6 +148,7 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
         _second_descriptors(signature, constants, even_kv, [(f"{name}_desc", f"{name}_short") for name in "qkvo"])
     signature.update({name: "constexpr" if name in constants else _type(name, cfg, spec, head_dim, dtype)
                       for name in module._attn_fwd.arg_names if name not in signature})
+    _passed_as_one(signature, constants, ones)
     return compile_for_hopper(module._attn_fwd, signature, constants, dict(num_warps=cfg.num_warps))
 
 
@@ -205,9 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ragged", action="store_true",
                         help="the variant for key lengths the key block does not divide (EVEN_KV=False); for a "
                              "dilated mask's descriptor kernels, lengths P does not divide (two descriptors a tensor)")
+    parser.add_argument("--one", action="append", default=[], metavar="ARGUMENT",
+                        help="an integer argument of the kernel passed as 1, which Triton's launcher compiles as a "
+                             "constant (SKV: a key length of 1; GROUP: no GQA); may be given more than once")
     args = parser.parse_args(argv)
-    print(json.dumps(compile_builtin(args.spec, args.config, args.head_dim, even_kv=not args.ragged,
-                                     light=args.light), indent=1))
+    try:
+        report = compile_builtin(args.spec, args.config, args.head_dim, even_kv=not args.ragged, light=args.light,
+                                 ones=tuple(args.one))
+    except NotAnIntegerArgument as e:
+        parser.error(str(e))
+    print(json.dumps(report, indent=1))
     return 0
 
 
