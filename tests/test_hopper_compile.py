@@ -53,15 +53,18 @@ def test_the_command_line_compiles_the_ragged_length_variant_on_request(specs, c
     assert ragged["matmul_loop_spill_instructions"] == 0 and not ragged["wgmma_serialized"]
 
 
-@pytest.mark.parametrize("config", ["BM128 BN128 w4 s2 gluon persistent", "BM128 BN64 w4 s4 gluon"])
-def test_the_dense_gluon_kernel_at_a_key_length_of_one_keeps_its_wgmmas_apart(specs, capsys, config):
+@pytest.mark.parametrize("spec, config", [("noop", "BM128 BN128 w4 s2 gluon persistent"),
+                                          ("noop", "BM128 BN64 w4 s4 gluon"),
+                                          ("key_padding", "BM128 BN128 w4 s2 gluon persistent")])
+def test_the_gluon_kernel_at_a_key_length_of_one_keeps_its_wgmmas_apart(specs, capsys, spec, config):
     """Triton's launcher compiles an integer argument equal to 1 as a constant, so a call with a single key (one of
     the verifier's trials) runs a variant of its own: its key loop folds away. A tile change that finished one
-    tile under the next one's QK^T (branch `cross-tile-finish`) made ptxas serialize that variant's wgmmas, which
-    only the GPU tests saw until `--one SKV` compiled it here."""
+    tile under the next one's QK^T (branch `cross-tile-finish`) made ptxas serialize that variant's wgmmas in the
+    dense kernel, which only the GPU tests saw until `--one SKV` compiled it here. (A masked kernel takes no
+    EVEN_KV: `--ragged` changes nothing there.)"""
     reports = []
     for extra in ([], ["--one", "SKV"]):
-        assert main(["--spec", str(specs / "noop.py"), "--config", config, "--head-dim", "64", "--ragged",
+        assert main(["--spec", str(specs / f"{spec}.py"), "--config", config, "--head-dim", "64", "--ragged",
                      *extra]) == 0
         reports.append(json.loads(capsys.readouterr().out))
     any_length, one_key = reports
