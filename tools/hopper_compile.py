@@ -106,10 +106,11 @@ def _passed_as_one(signature: dict, constants: dict, ones: tuple[str, ...]) -> N
     argument equal to 1 (a key length of 1, a GQA group of 1), so the GPU compiles variants a compile without
     them never sees: a loop over one key block folds away, and ptxas may then serialize wgmmas that it did not
     serialize before."""
+    integers = [n for n, t in signature.items() if t == "i32"]
     for name in ones:
-        if signature.get(name) != "i32":
+        if name not in integers:
             raise NotAnIntegerArgument(f"{name!r} is not an integer argument of this kernel "
-                             f"(its integer arguments: {', '.join(n for n, t in signature.items() if t == 'i32')})")
+                                       f"(its integer arguments: {', '.join(integers)})")
         signature[name] = "constexpr"
         constants[name] = 1
 
