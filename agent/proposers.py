@@ -70,7 +70,8 @@ def search_space(head_dim: int, interpreted: bool, hopper: bool = False, gluon: 
     since nothing was measured. With `gluon` (the GPU runs the Gluon kernel: sm_90), Hopper also tries the
     warp-specialized Gluon kernel (a loader and two consumer warpgroups) first at D=128, where it beat the Triton
     kernels by 1-11% on noop, rel_pos and alibi, and by 9-15% on causal and key padding at 2048 keys (persistent,
-    reading the block map); level on dilated causal, behind on sliding windows. It is tried persistent (one program
+    reading the block map); level on dilated causal, ahead on sliding windows (its two consumers skip, or run with
+    no mask, the blocks their own rows keep none of, or all of). It is tried persistent (one program
     per SM, looping over query tiles: 1-6% faster on dense specs at 2048 keys) and with one program per tile (level,
     or 3-7% faster on rel_pos and softcap at 8192 keys), since neither won everywhere. 128-key blocks with Q left in
     shared memory (two stages fit) come first: since a stage's K goes back to the loader a block before its V, on an

@@ -152,8 +152,8 @@ def test_block_skipping_empties_whole_blocks(tmp_path, verifier):
     assert verifier(path).verify(source).accepted
     found = run_interpreted(source, """
         q = torch.randn(1, 1, 128, 16, dtype=torch.float16)
-        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, q, {})
-        print(json.dumps({"nkb": nkb, "summary": summary[0, 0].tolist(), "full_lists": lists[1, 0, 0, :, 0].tolist(),
+        summary, lists, nkb, full_runs, part_runs, light, _ = module._get_block_map(q, q, {})
+        print(json.dumps({"nkb": nkb, "summary": summary[0, 0, :, :5].tolist(), "full_lists": lists[1, 0, 0, :, 0].tolist(),
                           "runs": [full_runs, part_runs]}))
     """, tmp_path)
     # per query block: one whole block, a run starting at its own block; nothing cut
@@ -198,8 +198,8 @@ def test_block_skipping_with_kept_blocks_that_are_not_one_run(tmp_path, verifier
     found = run_interpreted(source, """
         q = torch.randn(1, 1, 64, 16, dtype=torch.float16)
         k = torch.randn(1, 1, 160, 16, dtype=torch.float16)
-        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, k, {})
-        print(json.dumps({"nkb": nkb, "summary": summary[0, 0, 0].tolist(), "full": lists[1, 0, 0, 0, :3].tolist(),
+        summary, lists, nkb, full_runs, part_runs, light, _ = module._get_block_map(q, k, {})
+        print(json.dumps({"nkb": nkb, "summary": summary[0, 0, 0, :5].tolist(), "full": lists[1, 0, 0, 0, :3].tolist(),
                           "runs": [full_runs, part_runs]}))
     """, tmp_path)
     assert found["nkb"] == 5 and found["summary"] == [3, -1, 2, -1, 0] and found["full"] == [0, 2, 4]
@@ -213,8 +213,8 @@ def test_cut_blocks_that_keep_a_conjunct_whole_leave_it_out(specs, tmp_path, ver
     assert "keep = keep & (t4)" in source and "WHOLE" in source
     found = run_interpreted(source, """
         q = torch.randn(1, 1, 256, 16, dtype=torch.float16)
-        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, q, {})
-        print(json.dumps({"summary": summary[0, 0].tolist(), "cut": lists[0, 0, 0, 7].tolist(), "light": light,
+        summary, lists, nkb, full_runs, part_runs, light, _ = module._get_block_map(q, q, {})
+        print(json.dumps({"summary": summary[0, 0, :, :5].tolist(), "cut": lists[0, 0, 0, 7].tolist(), "light": light,
                           "runs": [full_runs, part_runs]}))
     """, tmp_path)
     assert found["light"] == 1  # the first conjunct, q_idx >= kv_idx, is left out of light blocks
@@ -281,7 +281,7 @@ def test_the_gluon_kernel_runs_each_residue_class_of_a_dilated_mask_apart(specs,
         maps = {}
         for P, t, H0 in ((2, q_view, 2), (1, q, 2)):
             key = module._block_map_key(t, t, {}, P, H0, (512, 512))
-            summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(t, t, {}, key)
+            summary, lists, nkb, full_runs, part_runs, light, _ = module._get_block_map(t, t, {}, key)
             maps[P] = {"summary": summary.tolist(), "light": light}
         unkeyed = module._get_block_map(q, q, {})[0].tolist() == maps[1]["summary"]  # no key: the problem as given
         print(json.dumps({"folded": folded, "transposed": transposed, "residues": module.RESIDUES, "maps": maps,
@@ -289,11 +289,13 @@ def test_the_gluon_kernel_runs_each_residue_class_of_a_dilated_mask_apart(specs,
     """, tmp_path)
     assert found["folded"] and found["transposed"] and found["residues"] == 2 and found["unkeyed"]
     # per class (a map row per view head: the class; the mask reads no batch or head, so one view batch):
-    # query block m of 256 rows' class: m whole blocks below the diagonal, the diagonal cut
+    # query block m of 256 rows' class: m whole blocks below the diagonal, the diagonal cut (the Gluon kernel's map
+    # lists its blocks in one list, so no run of cut blocks is recorded: -1); no block the halves see apart
     by_class = found["maps"]["2"]["summary"][0]
-    assert by_class == [[[0, 0, 1, 0, 0], [1, 0, 1, 1, 0]]] * 2 and found["maps"]["2"]["light"] == 0
+    assert by_class == [[[0, 0, 1, -1, 0, 0, 0, 0, 0], [1, 0, 1, -1, 0, 0, 0, 0, 0]]] * 2
+    assert found["maps"]["2"]["light"] == 0
     # as given (4 query blocks of 128): every block at or below the diagonal cut by the parity test, most light
-    assert [row[:4] for row in found["maps"]["1"]["summary"][0][0]] == [[0, 0, m + 1, 0] for m in range(4)]
+    assert [row[:4] for row in found["maps"]["1"]["summary"][0][0]] == [[0, 0, m + 1, -1] for m in range(4)]
 
 
 CLASSES_WITH_A_BIAS = """import torch
@@ -594,8 +596,8 @@ def test_the_descriptor_wrappers_hand_a_ragged_dilated_problem_over_class_by_cla
 def block_map_of(source: str, tmp_path: Path, n: int, row: int) -> dict:
     return run_interpreted(source, f"""
         q = torch.randn(1, 1, {n}, 16, dtype=torch.float16)
-        summary, lists, nkb, full_runs, part_runs, light = module._get_block_map(q, q, {{}})
-        print(json.dumps({{"summary": summary[0, 0, {row}].tolist(), "cut": lists[0, 0, 0, {row}].tolist(),
+        summary, lists, nkb, full_runs, part_runs, light, _ = module._get_block_map(q, q, {{}})
+        print(json.dumps({{"summary": summary[0, 0, {row}, :5].tolist(), "cut": lists[0, 0, 0, {row}].tolist(),
                            "light": light}}))
     """, tmp_path)
 
@@ -624,6 +626,60 @@ def test_a_light_block_or_two_a_row_is_not_worth_a_second_loop(tmp_path, verifie
     assert verifier(path).verify(source).accepted
     found = block_map_of(source, tmp_path, 256, row=3)
     assert found["light"] == 0 and found["summary"] == [0, 0, 3, 1, 0] and found["cut"][:3] == [1, 2, 3]
+
+
+def consumer_blocks(row: list[int], listed: list[int], half: int) -> tuple[list[int], list[int]]:
+    """The key blocks one of the Gluon kernel's two consumers runs for a block map row (the arithmetic of its
+    `_consumer`), and those of them it runs with no element mask."""
+    n_full, _, n_part, _, _, first_only, first_whole, second_whole, second_only = row
+    listed = listed[:n_full + n_part]
+    front, back = (0, second_only) if half == 0 else (first_only, 0)
+    lead, whole = (first_only, n_full + first_whole) if half == 0 else (first_whole, n_full + second_whole)
+    mine = listed[front:len(listed) - back]
+    return mine, mine[lead:lead + whole]
+
+
+@pytest.mark.parametrize("name, body, apart", [
+    ("sliding_window", None, True),  # each 128-row tile: a block at each end only one half keeps
+    ("late", "return q_idx >= kv_idx + 100", True),  # the first tile's first half keeps nothing: not apart there
+    ("stripes", "return ((kv_idx // 32) % 2 == 0) | (kv_idx % 64 == 33)", False)])  # no row sees blocks apart
+def test_the_gluon_consumers_run_every_block_their_rows_keep_and_skip_only_those_they_do_not(specs, tmp_path, name,
+                                                                                             body, apart):
+    """The Gluon kernel's block map with 128-row tiles of 64-key blocks sorts each row's blocks for its two
+    consumers (64 rows each): checked against the mask itself at 640 x 600, every consumer runs every key block
+    that keeps a key for its rows, runs a block with no element mask only where its rows keep every key of it,
+    and skips none it needs. The map picks no light blocks where the halves' whole blocks save as much."""
+    path = specs / f"{name}.py" if body is None else Path(write_spec(
+        tmp_path, name, f"def mask_mod(b, h, q_idx, kv_idx):\n    {body}\n"))
+    source = builtin_kernel(str(path), KernelConfig(128, 64, 4, 4, gluon=True, persistent=True))
+    found = run_interpreted(source, """
+        q, k = torch.empty(1, 1, 640, 16), torch.empty(1, 1, 600, 16)
+        summary, lists, nkb, full_runs, part_runs, light, apart = module._get_block_map(q, k, {})
+        print(json.dumps({"summary": summary[0, 0].tolist(), "listed": lists[0, 0, 0].tolist(), "light": light,
+                          "apart": apart}))
+    """, tmp_path)
+    namespace = {"torch": torch}
+    exec(path.read_text(), namespace)
+    keep = namespace["mask_mod"](0, 0, torch.arange(640)[:, None], torch.arange(600)[None, :]).expand(640, 600)
+    assert found["apart"] == apart and found["light"] == 0
+    skipped = 0
+    for m, (row, listed) in enumerate(zip(found["summary"], found["listed"])):
+        kept = [kb for kb in range(10) if keep[128 * m:128 * m + 128, 64 * kb:64 * kb + 64].any()]
+        assert sorted(listed[:row[0] + row[2]]) == kept  # the loader fetches each block the tile keeps, once
+        for half in (0, 1):
+            rows = keep[128 * m + 64 * half:128 * m + 64 * half + 64]
+            mine, whole = consumer_blocks(row, listed, half)
+            assert {kb for kb in kept if rows[:, 64 * kb:64 * kb + 64].any()} <= set(mine)
+            assert all(rows[:, 64 * kb:64 * kb + 64].all() and 64 * kb + 64 <= 600 for kb in whole)
+            assert mine, "a consumer with no block"
+            skipped += len(kept) - len(mine)
+    assert (skipped > 0) == apart
+    if name == "sliding_window":  # tile 2 (rows 256..383): blocks 0 and 5 for one half each, 1 and 4 whole for one
+        assert found["summary"][2] == [2, 2, 4, -1, 0, 1, 1, 1, 1] and found["listed"][2][:6] == [0, 1, 2, 3, 4, 5]
+        assert consumer_blocks(found["summary"][2], found["listed"][2], 0) == ([0, 1, 2, 3, 4], [1, 2, 3])
+        assert consumer_blocks(found["summary"][2], found["listed"][2], 1) == ([1, 2, 3, 4, 5], [2, 3, 4])
+    if name == "late":  # tile 0: only the second half's rows 100.. keep keys (block 0): both consumers run it
+        assert found["summary"][0][5:] == [0, 0, 0, 0] and found["summary"][0][:3] == [0, 0, 1]
 
 
 def test_block_skipping_rows_with_every_key_masked_give_zeros(tmp_path, verifier):
@@ -704,7 +760,7 @@ def test_the_persistent_gluon_kernel_deals_query_tiles_by_their_work(specs, tmp_
     source = render_kernel(spec.name, lower_spec(spec), KernelConfig(128, 64, 4, 4, gluon=True, persistent=True))
     found = run_interpreted(source, """
         n_m, B, H = 16, 2, 16
-        summary = torch.zeros(1, 1, n_m, 5, dtype=torch.int32)
+        summary = torch.zeros(1, 1, n_m, module.MAP_WIDTH, dtype=torch.int32)
         summary[0, 0, :, 0] = 2 * torch.arange(n_m)  # whole key blocks below the diagonal, two cut on it
         summary[0, 0, :, 2] = 2
         dealt = {}

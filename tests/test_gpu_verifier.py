@@ -192,6 +192,9 @@ MASKS_FOR_GLUON = {
     # a block map row per batch element and head
     "per_head": "def mask_mod(b, h, q_idx, kv_idx):\n"
                 "    return (kv_idx <= q_idx + 64 * h) & (kv_idx >= q_idx - 200 * (b + 1))\n",
+    # a causal window narrower than a query tile: each consumer skips blocks at both ends of the tile's
+    "narrow_window": "def mask_mod(b, h, q_idx, kv_idx):\n"
+                     "    return (q_idx >= kv_idx) & (q_idx - kv_idx < 100)\n",
     # keys in the query's residue class mod 3 only, with a bound per batch element and head: run class by class
     "classes": "def mask_mod(b, h, q_idx, kv_idx):\n"
                "    return ((kv_idx - q_idx) % 3 == 0) & (kv_idx <= q_idx + 64 * h + 100 * b)\n",
@@ -225,6 +228,22 @@ def test_the_gluon_kernel_with_128_key_blocks_reads_q_from_shared_memory(gpu_ver
 @pytest.mark.parametrize("name, persistent", [("late", True), ("per_head", False)])
 def test_the_gluon_kernel_with_masks_that_empty_tiles_or_differ_per_head(tmp_path, name, persistent):
     path, verifier = mask_for_gluon(tmp_path, name)
+    assert_a_verified_gluon_kernel(verifier.verify(gluon_source(str(path), persistent=persistent)))
+
+
+@hopper
+@pytest.mark.parametrize("name, persistent", [("sliding_window", True), ("sliding_window", False),
+                                              ("narrow_window", True), ("narrow_window", False)])
+def test_the_gluon_consumers_skip_the_key_blocks_their_rows_keep_none_of(gpu_verifier, specs, tmp_path, name,
+                                                                          persistent):
+    """A 256-key window (the shared spec) or a 100-key one, in 64-key blocks: each 128-row tile has cut blocks
+    that only one consumer's 64 rows keep, listed first and last; the other consumer gives their stages back
+    unread. Every trial (GQA, ragged lengths) must be right, with a program per tile and with several a program."""
+    if name in MASKS_FOR_GLUON:
+        path, verifier = mask_for_gluon(tmp_path, name)
+    else:
+        path = specs / f"{name}.py"
+        verifier = gpu_verifier(name, shape=Shape(2, 16, 16, 2048, 2048, 128), require_single_kernel=True)
     assert_a_verified_gluon_kernel(verifier.verify(gluon_source(str(path), persistent=persistent)))
 
 

@@ -80,6 +80,21 @@ def test_only_an_integer_argument_can_be_passed_as_one(specs, capsys):
     assert "'qk_scale' is not an integer argument" in error and "SKV" in error  # it lists the ones there are
 
 
+@pytest.mark.parametrize("extra", [[], ["--one", "SKV"], ["--ragged"]])
+def test_the_gluon_kernel_whose_consumers_sort_their_own_blocks_keeps_its_wgmmas_apart(specs, capsys, extra):
+    """The variant the block map picks for a sliding window at 64-key blocks (`--apart`): each consumer runs a cut
+    run ahead of its whole blocks as well, so three masked-or-not key loops a consumer where the other variant has
+    two; at any key length and at a single key, no spill and no serialized wgmma."""
+    reports = []
+    for apart in ([], ["--apart"]):
+        assert main(["--spec", str(specs / "sliding_window.py"), "--config", "BM128 BN64 w4 s4 gluon persistent",
+                     *apart, *extra]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    together, apart = reports
+    assert len(apart["matmul_loop_instructions"]) == len(together["matmul_loop_instructions"]) + 2
+    assert apart["spill_instructions"] == 0 and apart["wgmma_serialized"] is False and apart["ptxas_warnings"] == []
+
+
 def test_one_stage_more_does_not_fit(causal):
     """What the H100 refused at launch (OutOfResources: shared memory) is visible before any GPU time is spent."""
     report = compile_builtin(causal, KernelConfig(128, 128, 8, 4, tma=True), head_dim=128)

@@ -49,22 +49,25 @@ TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float
 
 
 def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
-                    even_kv: bool = True, runs: bool = True, light: int = 0, ones: tuple[str, ...] = ()) -> dict:
+                    even_kv: bool = True, runs: bool = True, light: int = 0, ones: tuple[str, ...] = (),
+                    apart: bool = False) -> dict:
     """Render the built-in kernel for `cfg` and compile its attention kernel for sm_90; report the result."""
     return {"config": cfg.label(),
-            **facts(compiled_builtin(spec_path, cfg, head_dim, dtype, even_kv, runs, light, ones))}
+            **facts(compiled_builtin(spec_path, cfg, head_dim, dtype, even_kv, runs, light, ones, apart))}
 
 
 def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
-                     even_kv: bool = True, runs: bool = True, light: int = 0, ones: tuple[str, ...] = ()):
+                     even_kv: bool = True, runs: bool = True, light: int = 0, ones: tuple[str, ...] = (),
+                     apart: bool = False):
     """The built-in kernel's `_attn_fwd` for `cfg`, compiled for sm_90 (a Triton CompiledKernel, not loaded).
     `light`: the mask's conjuncts left out of light cut blocks (the block map's choice; 0: none). `ones`: integer
-    arguments passed as 1 (see `_passed_as_one`)."""
+    arguments passed as 1 (see `_passed_as_one`). `apart`: the Gluon kernel whose two consumers skip or run
+    unmasked the blocks the block map sorts for their halves of a tile's rows (the map's choice)."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
     with tempfile.TemporaryDirectory(prefix="kgen-hopper-compile-") as tmp:  # the module's file, gone afterwards
         module = load_module(source, Path(tmp))
-        return (_compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light, ones) if cfg.gluon
+        return (_compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light, ones, apart) if cfg.gluon
                 else _compile_triton(module, cfg, spec, head_dim, dtype, even_kv, runs, light, ones))
 
 
@@ -132,7 +135,7 @@ def facts(compiled) -> dict:
 
 
 def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, even_kv: bool, light: int,
-                   ones: tuple[str, ...]):
+                   ones: tuple[str, ...], apart: bool):
     """The Gluon kernel's `_attn_fwd`, its descriptor types taken from descriptors over a CPU tensor."""
     import torch
     from triton.runtime.jit import mangle_type
@@ -141,7 +144,7 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
     descs = [module._descriptor(t, r) for r in (rows, cfg.block_n, cfg.block_n, rows)]
     # a dilated mask's kernel with its residue classes apart (P), at lengths they divide unless not even_kv
     constants = dict(BMH=rows, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
-                     SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS, LIGHT=light,
+                     SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS, LIGHT=light, APART=apart,
                      P=getattr(module, "RESIDUES", 1))
     constants = {name: value for name, value in constants.items() if name in module._attn_fwd.arg_names}
     signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)))
@@ -160,7 +163,7 @@ def _type(name: str, cfg: KernelConfig, spec, dp: int, dtype: str) -> str:
     if name in ("Q", "K", "V", "O"):
         rows = cfg.block_m if name in ("Q", "O") else cfg.block_n
         return f"tensordesc<{dtype}[1,1,{rows},{dp}]>" if cfg.tma else f"*{dtype}"
-    if name in ("MAP", "PART_IDX", "FULL_IDX", "OFFSETS", "TILES"):
+    if name in ("MAP", "PART_IDX", "FULL_IDX", "BLOCKS", "OFFSETS", "TILES"):
         return "*i32"
     if name == "qk_scale":
         return "fp32"
@@ -231,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--light", type=int, default=0,
                         help="the mask's conjuncts (a bitmask) left out of light cut blocks, as the block map picks")
+    parser.add_argument("--apart", action="store_true",
+                        help="the Gluon kernel's variant whose consumers sort some blocks for their own rows (the "
+                             "block map picks it for banded masks, a sliding window at 64-key blocks)")
     parser.add_argument("--ragged", action="store_true",
                         help="the variant for key lengths the key block does not divide (EVEN_KV=False); for a "
                              "dilated mask's descriptor kernels, lengths P does not divide (two descriptors a tensor)")
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = compile_builtin(args.spec, args.config, args.head_dim, even_kv=not args.ragged, light=args.light,
-                                 ones=tuple(args.one))
+                                 ones=tuple(args.one), apart=args.apart)
     except NotAnIntegerArgument as e:
         parser.error(str(e))
     print(json.dumps(report, indent=1))
