@@ -263,3 +263,26 @@ def test_sharded_tests_only_runs_the_shards_named_and_together_they_run_every_te
     assert second.returncode == 0 and "1 shard(s): 0 failures, 0 errors, 0 skipped, 2 passed of 2" in second.stdout
     assert sorted(p.name for p in (tmp_path / "a").glob("*.xml")) == ["shard0.xml", "shard1.xml"]
     assert run("3", tmp_path / "c").returncode == 2  # no such shard: a usage error
+
+
+def test_sustained_runs_read_nvidia_smis_samples_and_leave_out_the_settling_third():
+    from benchmarks.sustained import parse_samples, summarize
+
+    text = "1980, 350.12\n[N/A], [N/A]\n\n1500, 699.0\n1510, 698.0\n1520, 695.0\n"
+    samples = parse_samples(text)
+    assert samples == [(1980.0, 350.12), (1500.0, 699.0), (1510.0, 698.0), (1520.0, 695.0)]
+    run = summarize("kgen", 0, [9.0, 8.0, 1.7, 1.8, 1.75, 1.7, 1.75], samples)
+    # the first third of each (the boost clock, the first calls) is left out
+    assert (run.ms, run.mhz, run.watts) == (1.75, 1510, 697)
+    assert run.kilocycles == 1.75 * 1510
+    with pytest.raises(RuntimeError, match="no nvidia-smi samples"):
+        summarize("kgen", 0, [1.0], parse_samples("No devices were found"))
+
+
+@pytest.mark.parametrize("args, says", [([], "name a kernel"), (["--sdpa"], "CUDA GPU")])
+def test_sustained_says_what_is_missing_before_any_gpu_work(args, says):
+    if "CUDA" in says and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sustained.py"),
+                           str(ROOT / "examples" / "specs" / "noop.py"), *args], capture_output=True, text=True)
+    assert done.returncode == 2 and says in done.stderr

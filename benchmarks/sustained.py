@@ -1,0 +1,147 @@
+"""Kernels under sustained load: each runs back to back for some seconds while nvidia-smi samples the board's SM
+clock and power (CUDA). Under the H100's 700 W cap the clock a kernel runs at depends on the kernel, so a time
+alone does not say whether one kernel does more work a cycle than another: this prints both, and cycles a call.
+
+    python benchmarks/sustained.py examples/specs/key_padding.py --config "BM128 BN128 w4 s2 gluon persistent" \\
+        --flash --shape 2x16x8192x128 --out sustained.json
+
+`--flash` adds FlashAttention-4 through flex's FLASH backend (needs flash-attn-4), `--sdpa` PyTorch's SDPA (plain
+attention only). Kernels alternate, `--reps` runs each; the first third of a run (clock and power settling) is
+left out of its figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.builtin.lower import lower_spec  # noqa: E402
+from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from benchmarks.bench import load_module  # noqa: E402
+from benchmarks.run_kernel import _flash_attention  # noqa: E402
+from verifier.reference import buffers_on  # noqa: E402
+from verifier.spec import SpecFiles, load_spec  # noqa: E402
+
+CALLS_BETWEEN_EVENTS = 20  # calls timed together: back to back, as a model's layers run
+SAMPLE_MS = 100  # nvidia-smi's sampling period
+
+
+@dataclass
+class Run:
+    kernel: str
+    rep: int
+    ms: float  # median time a call
+    mhz: float  # mean SM clock
+    watts: float  # mean board power
+
+    @property
+    def kilocycles(self) -> float:
+        """Cycles a call at the run's mean clock, in thousands."""
+        return self.ms * self.mhz
+
+
+def settled(values: list) -> list:
+    """The last two thirds of a run's values: the first third is the clock and power settling."""
+    return values[len(values) // 3:]
+
+
+def parse_samples(text: str) -> list[tuple[float, float]]:
+    """nvidia-smi's `--query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits` lines as (MHz, W)."""
+    samples = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and all(f.replace(".", "", 1).isdigit() for f in fields):
+            samples.append((float(fields[0]), float(fields[1])))
+    return samples
+
+
+def summarize(kernel: str, rep: int, call_ms: list[float], samples: list[tuple[float, float]]) -> Run:
+    if not call_ms or not samples:
+        raise RuntimeError(f"{kernel}: no {'times' if not call_ms else 'nvidia-smi samples'} in the run")
+    clocks, watts = zip(*settled(samples) or samples)
+    return Run(kernel, rep, round(statistics.median(settled(call_ms) or call_ms), 4),
+               round(statistics.mean(clocks)), round(statistics.mean(watts)))
+
+
+def run_for(kernel: str, rep: int, call, seconds: float) -> Run:
+    """`call` back to back for `seconds`, nvidia-smi sampling the board meanwhile."""
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                            "-lms", str(SAMPLE_MS)], stdout=subprocess.PIPE, text=True)
+    call_ms, started = [], time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(CALLS_BETWEEN_EVENTS):
+                call()
+            end.record()
+            end.synchronize()
+            call_ms.append(start.elapsed_time(end) / CALLS_BETWEEN_EVENTS)
+    finally:
+        smi.terminate()
+    return summarize(kernel, rep, call_ms, parse_samples(smi.communicate()[0]))
+
+
+def kernels(args, spec, shape, workdir: Path) -> dict:
+    """The kernels to run, by name: the built-in configs', FlashAttention-4's, SDPA's."""
+    batch, heads, seq, _ = shape
+    found = {f"kgen {label}": load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(label)),
+                                          workdir).attention for label in args.config}
+    if args.flash:
+        found["FlashAttention-4"] = _flash_attention(spec, batch, heads, seq)
+    if args.sdpa:
+        found["SDPA"] = lambda q, k, v, **_: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", help="a spec file (score_mod and/or mask_mod)")
+    parser.add_argument("--config", action="append", default=[], help="a built-in config label (repeatable)")
+    parser.add_argument("--flash", action="store_true", help="FlashAttention-4 through flex")
+    parser.add_argument("--sdpa", action="store_true", help="PyTorch's SDPA (plain attention)")
+    parser.add_argument("--shape", default="2x16x8192x128", help="BxHxNxD")
+    parser.add_argument("--seconds", type=float, default=3.0, help="each run's length")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--out", help="write the runs here as JSON")
+    args = parser.parse_args()
+    if not (args.config or args.flash or args.sdpa):
+        parser.error("name a kernel: --config LABEL, --flash or --sdpa")
+    if not torch.cuda.is_available():
+        parser.error("this runs kernels on a CUDA GPU, which this machine does not have")
+    spec = load_spec(SpecFiles(args.spec))
+    shape = tuple(int(x) for x in args.shape.split("x"))
+    q, k, v = (torch.randn(*shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    buffers = {name: t.cuda() for name, t in spec.buffers.items()}
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="kgen-sustained-") as tmp, buffers_on(spec, buffers):
+        found = kernels(args, spec, shape, Path(tmp))
+        for attention in found.values():  # compiled before any run
+            attention(q, k, v, **buffers)
+        torch.cuda.synchronize()
+        for rep in range(args.reps):
+            for name, attention in found.items():
+                runs.append(run_for(name, rep, lambda: attention(q, k, v, **buffers), args.seconds))
+                print(f"{name}, run {rep + 1}: {runs[-1].ms:.4f} ms a call at {runs[-1].mhz:.0f} MHz, "
+                      f"{runs[-1].watts:.0f} W, {runs[-1].kilocycles:.0f} thousand cycles", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                              "spec": spec.name, "shape": args.shape, "seconds": args.seconds,
+                                              "runs": [asdict(r) | {"kilocycles": r.kilocycles} for r in runs]},
+                                             indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
