@@ -45,7 +45,7 @@ def main() -> int:
     buffers = {name: t.to(args.device) for name, t in spec.buffers.items()}
     # flex reads the spec's captured buffers where its functions see them: swapped for the device's copies
     with tempfile.TemporaryDirectory(prefix="kgen-run-kernel-") as tmp, buffers_on(spec, buffers):
-        attention = (_flash_attention(spec, batch, heads, seq) if args.flash else
+        attention = (flash_attention_call(spec, batch, heads, seq) if args.flash else
                      load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(args.config)),
                                  Path(tmp)).attention)
         for _ in range(args.calls):
@@ -56,7 +56,7 @@ def main() -> int:
     return 0
 
 
-def _flash_attention(spec, batch: int, heads: int, seq: int):
+def flash_attention_call(spec, batch: int, heads: int, seq: int):
     """flex_attention on FlashAttention-4's kernels for the spec, as the benchmark's `--flex flash` times it."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

@@ -5,8 +5,8 @@ alone does not say whether one kernel does more work a cycle than another: this 
     python benchmarks/sustained.py examples/specs/key_padding.py --config "BM128 BN128 w4 s2 gluon persistent" \\
         --flash --shape 2x16x8192x128 --out sustained.json
 
-`--flash` adds FlashAttention-4 through flex's FLASH backend (needs flash-attn-4), `--sdpa` PyTorch's SDPA (plain
-attention only). Kernels alternate, `--reps` runs each; the first third of a run (clock and power settling) is
+`--flash` adds FlashAttention-4 through flex's FLASH backend (needs flash-attn-4), `--sdpa` PyTorch's SDPA (where it
+computes the spec: plain or causal attention). Kernels alternate, `--reps` runs each; the first third of a run (clock and power settling) is
 left out of its figures.
 """
 from __future__ import annotations
@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from benchmarks.bench import load_module  # noqa: E402
-from benchmarks.run_kernel import _flash_attention  # noqa: E402
+from benchmarks.bench import load_module, parse_shape  # noqa: E402
+from benchmarks.run_kernel import flash_attention_call  # noqa: E402
+from verifier.baseline import sdpa_kind  # noqa: E402
 from verifier.reference import buffers_on  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
@@ -93,15 +94,15 @@ def run_for(kernel: str, rep: int, call, seconds: float) -> Run:
     return summarize(kernel, rep, call_ms, parse_samples(smi.communicate()[0]))
 
 
-def kernels(args, spec, shape, workdir: Path) -> dict:
-    """The kernels to run, by name: the built-in configs', FlashAttention-4's, SDPA's."""
-    batch, heads, seq, _ = shape
+def kernels(args, spec, shape, sdpa: str | None, workdir: Path) -> dict:
+    """The kernels to run, by name: the built-in configs', FlashAttention-4's, SDPA's (`sdpa`: its kind)."""
     found = {f"kgen {label}": load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(label)),
                                           workdir).attention for label in args.config}
     if args.flash:
-        found["FlashAttention-4"] = _flash_attention(spec, batch, heads, seq)
-    if args.sdpa:
-        found["SDPA"] = lambda q, k, v, **_: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        found["FlashAttention-4"] = flash_attention_call(spec, shape.batch, shape.heads, shape.seq_len)
+    if sdpa:
+        found["SDPA"] = lambda q, k, v, **_: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=sdpa == "causal")
     return found
 
 
@@ -118,15 +119,21 @@ def main() -> int:
     args = parser.parse_args()
     if not (args.config or args.flash or args.sdpa):
         parser.error("name a kernel: --config LABEL, --flash or --sdpa")
+    spec = load_spec(SpecFiles(args.spec))
+    shape = parse_shape(args.shape)
+    if shape.kv_heads != shape.heads:
+        parser.error("this runs without GQA: give the shape as BxHxNxD")
+    sdpa = sdpa_kind(spec, shape) if args.sdpa else None
+    if args.sdpa and not sdpa:
+        parser.error(f"SDPA does not compute {spec.name}: --sdpa takes plain or causal attention")
     if not torch.cuda.is_available():
         parser.error("this runs kernels on a CUDA GPU, which this machine does not have")
-    spec = load_spec(SpecFiles(args.spec))
-    shape = tuple(int(x) for x in args.shape.split("x"))
-    q, k, v = (torch.randn(*shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    dims = (shape.batch, shape.heads, shape.seq_len, shape.head_dim)
+    q, k, v = (torch.randn(*dims, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     buffers = {name: t.cuda() for name, t in spec.buffers.items()}
     runs = []
     with tempfile.TemporaryDirectory(prefix="kgen-sustained-") as tmp, buffers_on(spec, buffers):
-        found = kernels(args, spec, shape, Path(tmp))
+        found = kernels(args, spec, shape, sdpa, Path(tmp))
         for attention in found.values():  # compiled before any run
             attention(q, k, v, **buffers)
         torch.cuda.synchronize()

@@ -279,10 +279,15 @@ def test_sustained_runs_read_nvidia_smis_samples_and_leave_out_the_settling_thir
         summarize("kgen", 0, [1.0], parse_samples("No devices were found"))
 
 
-@pytest.mark.parametrize("args, says", [([], "name a kernel"), (["--sdpa"], "CUDA GPU")])
-def test_sustained_says_what_is_missing_before_any_gpu_work(args, says):
+@pytest.mark.parametrize("spec, args, says", [
+    ("noop", [], "name a kernel"),
+    ("rel_pos", ["--sdpa"], "SDPA does not compute rel_pos"),  # SDPA takes plain or causal attention only
+    ("noop", ["--sdpa", "--shape", "2x16/4x1024x64"], "without GQA"),
+    ("causal", ["--sdpa", "--shape", "1x2x256x64"], "CUDA GPU"),
+])
+def test_sustained_says_what_is_wrong_before_any_gpu_work(spec, args, says):
     if "CUDA" in says and __import__("torch").cuda.is_available():
         pytest.skip("this machine has a GPU")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sustained.py"),
-                           str(ROOT / "examples" / "specs" / "noop.py"), *args], capture_output=True, text=True)
-    assert done.returncode == 2 and says in done.stderr
+                           str(ROOT / "examples" / "specs" / f"{spec}.py"), *args], capture_output=True, text=True)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
