@@ -270,13 +270,25 @@ def test_sustained_runs_read_nvidia_smis_samples_and_leave_out_the_settling_thir
 
     text = "1980, 350.12\n[N/A], [N/A]\n\n1500, 699.0\n1510, 698.0\n1520, 695.0\n"
     samples = parse_samples(text)
-    assert samples == [(1980.0, 350.12), (1500.0, 699.0), (1510.0, 698.0), (1520.0, 695.0)]
+    assert samples == [(1980.0, 350.12, 0), (1500.0, 699.0, 0), (1510.0, 698.0, 0), (1520.0, 695.0, 0)]
     run = summarize("kgen", 0, [9.0, 8.0, 1.7, 1.8, 1.75, 1.7, 1.75], samples)
     # the first third of each (the boost clock, the first calls) is left out
-    assert (run.ms, run.mhz, run.watts) == (1.75, 1510, 697)
+    assert (run.ms, run.mhz, run.watts, run.reasons) == (1.75, 1510, 697, {})
     assert run.kilocycles == 1.75 * 1510
     with pytest.raises(RuntimeError, match="no nvidia-smi samples"):
         summarize("kgen", 0, [1.0], parse_samples("No devices were found"))
+
+
+def test_sustained_runs_say_what_held_the_clock_down_in_what_share_of_the_samples():
+    from benchmarks.sustained import parse_samples, summarize
+
+    # the driver's bitmask: 0x4 the power cap, 0x20 a thermal limit (software), 0x1 idle
+    text = "1980, 90.0, 0x0000000000000001\n1500, 699.0, 0x0000000000000004\n1490, 700.0, 0x0000000000000024\n" \
+           "1510, 698.0, 0x0000000000000004\n1600, 650.0, 0x0000000000000000\n"
+    samples = parse_samples(text)
+    assert [m for _, _, m in samples] == [0x1, 0x4, 0x24, 0x4, 0x0]
+    run = summarize("fa4", 1, [1.0, 1.0, 1.0], samples)
+    assert run.reasons == {"power cap": 0.75, "thermal (software)": 0.25}  # of the last four samples; idle gone
 
 
 @pytest.mark.parametrize("spec, args, says", [
