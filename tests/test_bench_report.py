@@ -303,3 +303,34 @@ def test_sustained_says_what_is_wrong_before_any_gpu_work(spec, args, says):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sustained.py"),
                            str(ROOT / "examples" / "specs" / f"{spec}.py"), *args], capture_output=True, text=True)
     assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def test_ab_bases_copies_the_templates_of_each_revision_afresh(tmp_path):
+    """scripts/ab_bases.sh, in a repository of its own: .ab/NAME/agent/builtin at each revision, a stale copy
+    replaced, bad names and revisions refused."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "agent" / "builtin").mkdir(parents=True)
+    (repo / "scripts" / "ab_bases.sh").write_bytes((ROOT / "scripts" / "ab_bases.sh").read_bytes())
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,  # noqa: E731
+                                       check=True, capture_output=True, text=True)
+    git("init", "-q")
+    template = repo / "agent" / "builtin" / "gluon.py.j2"
+    template.write_text("HEADS_AT_A_TIME = 4\n")
+    git("add", "-A")
+    git("commit", "-qm", "four")
+    git("branch", "four")
+    template.write_text("HEADS_AT_A_TIME = 2\n")
+    git("commit", "-qam", "two")
+    (repo / ".ab" / "head" / "agent" / "builtin").mkdir(parents=True)
+    (repo / ".ab" / "head" / "agent" / "builtin" / "stale.py").write_text("")
+    script = ["bash", str(repo / "scripts" / "ab_bases.sh")]
+    done = subprocess.run(script + ["head=four", "HEAD"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (repo / ".ab" / "head" / "agent" / "builtin" / "gluon.py.j2").read_text() == "HEADS_AT_A_TIME = 4\n"
+    assert not (repo / ".ab" / "head" / "agent" / "builtin" / "stale.py").exists()
+    assert (repo / ".ab" / "HEAD" / "agent" / "builtin" / "gluon.py.j2").read_text() == "HEADS_AT_A_TIME = 2\n"
+    assert "/.ab/" in (repo / ".git" / "info" / "exclude").read_text()  # the copies stay out of git
+    for bad, says in (("x/y=HEAD", "not a folder name"), ("nosuch", "no such revision")):
+        refused = subprocess.run(script + [bad], capture_output=True, text=True)
+        assert refused.returncode == 2 and says in refused.stderr
