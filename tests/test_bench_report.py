@@ -334,3 +334,45 @@ def test_ab_bases_copies_the_templates_of_each_revision_afresh(tmp_path):
     for bad, says in (("x/y=HEAD", "not a folder name"), ("nosuch", "no such revision")):
         refused = subprocess.run(script + [bad], capture_output=True, text=True)
         assert refused.returncode == 2 and says in refused.stderr
+
+
+class _WallClockEvent:
+    """torch.cuda.Event's timing on the host's clock, for sustained.py's loop on a machine with no GPU."""
+
+    def __init__(self, enable_timing=True):
+        self.at = None
+
+    def record(self):
+        import time
+        self.at = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return (end.at - self.at) * 1e3
+
+
+def test_a_sustained_run_reads_a_sampling_nvidia_smi_and_stops_it(tmp_path, monkeypatch):
+    """run_for against a stand-in nvidia-smi on PATH that knows only the older name of the reasons' field and
+    samples as the real one does (a line every -lms until stopped)."""
+    import torch
+
+    from benchmarks import sustained
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("""#!/usr/bin/env bash
+case "$*" in *clocks_event_reasons*) echo 'Field "clocks_event_reasons.active" is not a valid field' >&2; exit 2;; esac
+case "$*" in *-lms*) while true; do echo "1500, 699.00, 0x0000000000000004"; sleep 0.05; done;; esac
+echo 0x0000000000000000
+""")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "Event", _WallClockEvent)
+    field = sustained.reasons_field()
+    assert field == "clocks_throttle_reasons.active"
+    calls = []
+    run = sustained.run_for("stand-in", 0, lambda: calls.append(1), 0.5, field)
+    assert len(calls) % sustained.CALLS_BETWEEN_EVENTS == 0 and calls
+    assert (run.mhz, run.watts, run.reasons) == (1500, 699, {"power cap": 1.0})
+    assert run.ms >= 0
