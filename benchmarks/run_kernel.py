@@ -46,14 +46,18 @@ def main() -> int:
     # flex reads the spec's captured buffers where its functions see them: swapped for the device's copies
     with tempfile.TemporaryDirectory(prefix="kgen-run-kernel-") as tmp, buffers_on(spec, buffers):
         attention = (flash_attention_call(spec, batch, heads, seq) if args.flash else
-                     load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(args.config)),
-                                 Path(tmp)).attention)
+                     builtin_attention(spec, args.config, Path(tmp)))
         for _ in range(args.calls):
             attention(q, k, v, **buffers)
         if args.device == "cuda":
             torch.cuda.synchronize()
     print(f"{args.calls} calls of {spec.name} ({args.config or 'FlashAttention-4'}) at {args.shape}")
     return 0
+
+
+def builtin_attention(spec, label: str, workdir: Path):
+    """The `attention` function of the built-in kernel for the spec at the config `label`, its module in workdir."""
+    return load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(label)), workdir).attention
 
 
 def flash_attention_call(spec, batch: int, heads: int, seq: int):

@@ -28,10 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.builtin.lower import lower_spec  # noqa: E402
-from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from benchmarks.bench import load_module, parse_shape  # noqa: E402
-from benchmarks.run_kernel import flash_attention_call  # noqa: E402
+from benchmarks.bench import parse_shape  # noqa: E402
+from benchmarks.run_kernel import builtin_attention, flash_attention_call  # noqa: E402
 from verifier.baseline import sdpa_kind  # noqa: E402
 from verifier.reference import buffers_on  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
@@ -80,9 +78,9 @@ def parse_samples(text: str) -> list[tuple[float, float, int]]:
 def summarize(kernel: str, rep: int, call_ms: list[float], samples: list[tuple[float, float, int]]) -> Run:
     if not call_ms or not samples:
         raise RuntimeError(f"{kernel}: no {'times' if not call_ms else 'nvidia-smi samples'} in the run")
-    clocks, watts, masks = zip(*settled(samples) or samples)
+    clocks, watts, masks = zip(*settled(samples))  # (a third of a non-empty list leaves some)
     reasons = {name: round(sum(bool(m & bit) for m in masks) / len(masks), 2) for bit, name in CLOCK_REASONS.items()}
-    return Run(kernel, rep, round(statistics.median(settled(call_ms) or call_ms), 4),
+    return Run(kernel, rep, round(statistics.median(settled(call_ms)), 4),
                round(statistics.mean(clocks)), round(statistics.mean(watts)), {n: r for n, r in reasons.items() if r})
 
 
@@ -118,8 +116,7 @@ def run_for(kernel: str, rep: int, call, seconds: float, reasons: str | None) ->
 
 def kernels(args, spec, shape, sdpa: str | None, workdir: Path) -> dict:
     """The kernels to run, by name: the built-in configs', FlashAttention-4's, SDPA's (`sdpa`: its kind)."""
-    found = {f"kgen {label}": load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(label)),
-                                          workdir).attention for label in args.config}
+    found = {f"kgen {label}": builtin_attention(spec, label, workdir) for label in args.config}
     if args.flash:
         found["FlashAttention-4"] = flash_attention_call(spec, shape.batch, shape.heads, shape.seq_len)
     if sdpa:
