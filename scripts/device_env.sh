@@ -1,5 +1,5 @@
-# Source this on the lent GPU machine: installs the carried wheels (openai, tenacity and their needs)
-# into /tmp/site and puts them and the repository on PYTHONPATH. Where the call carried .fa4
+# Source this on the lent GPU machine: installs the carried wheels (openai, tenacity and their needs, from
+# scripts/device_wheels.py) into /tmp/site and puts them and the repository on PYTHONPATH. Where the call carried .fa4
 # (scripts/fa4_bundle.sh), FlashAttention-4 is unpacked into /tmp/fa4 for flex's FLASH backend too.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || return 1
