@@ -222,6 +222,8 @@ def test_implausible_speed():
 def test_work_the_events_cannot_see_is_side_stream():
     result = timing_stage(timed(0.05, 2.0), Metrics(tflops=100.0), Baseline(peak_tflops=800.0))
     assert (result.ok, result.reason) == (False, "side_stream")
+    assert "0.050 ms" in result.message and "2.000 ms" in result.message
+    assert "verify again on an idle one" in result.message  # what a user on a shared GPU can do about it
 
 
 def test_every_reason_code_is_covered_here_or_in_the_other_test_files():
