@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kernels import kernel_file
-from verifier import probes
+from verifier import probes, timing
 from verifier.baseline import Baseline
 from verifier.child import bad_output_reason
 from verifier.problem import Shape
@@ -224,6 +224,41 @@ def test_work_the_events_cannot_see_is_side_stream():
     assert (result.ok, result.reason) == (False, "side_stream")
     assert "0.050 ms" in result.message and "2.000 ms" in result.message
     assert "verify again on an idle one" in result.message  # what a user on a shared GPU can do about it
+
+
+def scripted_passes(idle: list[float], busy: list[float]):
+    """Pass timings in ms a step, handed out in order, and the order the passes ran in."""
+    ran = []
+
+    def next_of(kind, times):
+        def one_pass():
+            ran.append(kind)
+            return times[sum(k == kind for k in ran) - 1]
+        return one_pass
+
+    return next_of("idle", idle), next_of("busy", busy), ran
+
+
+def test_the_wall_clock_check_looks_again_while_it_disagrees_and_only_then():
+    """Other processes' kernels come and go in a device-wide synchronize: an honest 0.020 ms kernel that measured
+    0.4 ms over its first two busy passes passes on a later one. Where the first two agree, no more run; idle
+    passes all run before the busy ones (so that the last outputs follow the last values)."""
+    idle, busy, ran = scripted_passes([1.0, 1.1], [1.41, 1.43, 1.39, 1.02, 1.0, 1.0])
+    assert timing.cross_checked_wall_ms(idle, busy, events_ms=0.020) == pytest.approx(0.02)
+    assert ran == ["idle"] * 2 + ["busy"] * 4
+    idle, busy, ran = scripted_passes([1.0, 1.0], [1.03, 1.02, 1.0])
+    assert timing.cross_checked_wall_ms(idle, busy, events_ms=0.020) == pytest.approx(0.02)
+    assert ran == ["idle"] * 2 + ["busy"] * 2
+
+
+def test_work_hidden_from_the_events_is_in_every_pass_so_more_passes_never_clear_it():
+    idle, busy, ran = scripted_passes([1.0, 1.0], [1.9, 1.6, 1.7, 1.55, 1.8, 1.6, 1.0])  # 0.55 ms hidden at least
+    wall = timing.cross_checked_wall_ms(idle, busy, events_ms=0.020)
+    assert wall == pytest.approx(0.55) and not timing.wall_clock_agrees(0.020, wall)
+    assert ran.count("busy") == timing.WALL_PASSES_AT_MOST  # and no further: the seventh pass never ran
+    result = timing_stage(timed(0.020, wall), Metrics(tflops=100.0), Baseline(peak_tflops=800.0))
+    assert (result.ok, result.reason) == (False, "side_stream")
+    assert timing.wall_clock_agrees(0.020, float("nan"))  # a wall clock not measured (trusted code) claims nothing
 
 
 def test_every_reason_code_is_covered_here_or_in_the_other_test_files():

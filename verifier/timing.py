@@ -14,6 +14,18 @@ from typing import Callable
 import torch
 
 L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2
+WALL_SLACK_MS, WALL_FACTOR = 0.25, 1.5  # how far a synchronised wall clock may exceed the events per call
+# Busy passes of the wall-clock cross-check at most. Two always run; more only while the wall clock disagrees
+# with the events. Other processes' kernels on the GPU count in a device-wide synchronize: with three other test
+# processes verifying on one H100, an honest 0.020 ms kernel measured 0.409 ms a call (thirty-seventh session).
+# Their work comes and goes; work hidden from the events is in every pass, so more passes never clear it.
+WALL_PASSES_AT_MOST = 6
+
+
+def wall_clock_agrees(events_ms: float, wall_ms: float) -> bool:
+    """Whether a call's synchronised wall time leaves no room for work the events did not see (NaN, a wall clock
+    not measured, makes no claim)."""
+    return not wall_ms > WALL_FACTOR * events_ms + WALL_SLACK_MS
 
 
 @dataclass
@@ -61,19 +73,31 @@ def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, 
     torch.cuda.synchronize()
     samples = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
 
+    median = statistics.median(samples)
     wall_ms = float("nan")
     if wall:
         wall_calls = max(3, min(calls, 50))
-        # Host noise only adds time, and work hidden from the events is in every pass: the lower of two passes
-        # keeps the check while a stall of the host (another process, a slow synchronize) cannot fail an honest
-        # microsecond-scale kernel. Busy last, so that the last outputs follow the last values.
-        idle = min(_wall_ms(lambda i: before(i % sets), wall_calls) for _ in range(2))
-        busy = min(_wall_ms(lambda i: (before(i % sets), call(i % sets)), wall_calls) for _ in range(2))
-        wall_ms = max(busy - idle, 0.0)
-    median = statistics.median(samples)
+        wall_ms = cross_checked_wall_ms(lambda: _wall_ms(lambda i: before(i % sets), wall_calls),
+                                        lambda: _wall_ms(lambda i: (before(i % sets), call(i % sets)), wall_calls),
+                                        median)
     p10, p90 = samples[len(samples) // 10], samples[(len(samples) * 9) // 10]
     return Timing(ms=median, ms_min=samples[0], spread=(p90 - p10) / median if median else 0.0, calls=calls,
                   wall_ms=wall_ms, samples=samples)
+
+
+def cross_checked_wall_ms(idle_pass: Callable[[], float], busy_pass: Callable[[], float], events_ms: float) -> float:
+    """A call's wall time beyond the verifier's own work between calls: the lowest busy pass less the lowest idle
+    one (each pass: ms a step, synchronised). Noise (the host, other processes) only adds time, and work hidden
+    from the events is in every pass, so the lowest keeps the check. Two passes of each; then up to
+    WALL_PASSES_AT_MOST busy passes while the result disagrees with `events_ms`. Busy last, so that the last
+    outputs follow the last values."""
+    idle = min(idle_pass() for _ in range(2))
+    busy = min(busy_pass() for _ in range(2))
+    for _ in range(WALL_PASSES_AT_MOST - 2):
+        if wall_clock_agrees(events_ms, max(busy - idle, 0.0)):
+            break
+        busy = min(busy, busy_pass())
+    return max(busy - idle, 0.0)
 
 
 def _one_call_ms(call, flush) -> float:

@@ -23,13 +23,13 @@ from verifier.sandbox import Child, ChildResult, Limits, describe_signal
 from verifier.spec import Spec, covers, load_spec, validate_on_shape
 from verifier.static import SourceFacts, check_source
 from verifier.suite import RotatingInputs, Trial, build_suite, fresh_seed
+from verifier.timing import wall_clock_agrees
 from verifier.verdict import Metrics, StageResult, Verdict, conclude
 
 # where each group of inputs starts from the verifier's seed: the suite's trials at +0, +1, ... (verifier.suite);
 # these are far enough apart that no two inputs share a seed (seed 1000 gives the fixed seeds of earlier versions)
 PAST_LIMITS_SEED, TIMING_SEEDS = 3242, (8001, 8002, 8003)
 IMPLAUSIBLE_MARGIN = 1.02  # above the measured matmul peak by more than this: not a real measurement
-WALL_SLACK_MS, WALL_FACTOR = 0.25, 1.5  # events vs a synchronised wall clock
 
 
 class Cancelled(Exception):
@@ -317,7 +317,7 @@ def _fill_metrics(metrics: Metrics, record: dict, flops: float, baseline: Baseli
 def timing_stage(record: dict, metrics: Metrics, baseline: Baseline | None) -> StageResult:
     t = record["timing"]
     details = {"timing": t, "gpu": record.get("gpu")}
-    if t["wall_ms"] > WALL_FACTOR * t["ms"] + WALL_SLACK_MS:
+    if not wall_clock_agrees(t["ms"], t["wall_ms"]):
         return StageResult.failed("timing", "side_stream",
                                   f"events on the caller's stream measured {t['ms']:.3f} ms per call but a "
                                   f"synchronised wall clock measured {t['wall_ms']:.3f} ms: work ran where the "
