@@ -2,8 +2,9 @@
 this environment has, into .whl/ (kept out of git), which a device call carries and scripts/device_env.sh
 installs there. That machine runs Python 3.12 on Linux x86-64 and reaches no package registry.
 
-The versions come from this environment, not from the registry's newest: a newer openai once needed a package
-(httpx2) that a hand-picked wheel list lacked, and the GPU then ran code the tests here never ran.
+The versions come from this environment, not from the registry's newest: a hand-picked list once got a newer
+openai than this environment's, which needed a package (httpx2) the list lacked, and the device call failed on
+import. Pinned to what the tests here ran against, the GPU runs the same client.
 
     .venv/bin/python scripts/device_wheels.py            # (re)fills .whl/
     .venv/bin/python scripts/device_wheels.py --list     # what it would fetch, fetching nothing
