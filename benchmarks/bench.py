@@ -236,22 +236,28 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
 FLEX_BACKENDS = {"flash": ("default", {"BACKEND": "FLASH"})}
 
 
-def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
+def flex_call(spec, shape: Shape, mode: str):
+    """flex_attention compiled for the spec at the shape, as a function of q, k, v: `mode` is a compile mode
+    ("default", "max-autotune") or a backend of FLEX_BACKENDS ("flash": FlashAttention-4's kernels)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     block_mask = None
     if spec.mask_mod is not None:
         block_mask = create_block_mask(spec.mask_mod, shape.batch, shape.heads, shape.seq_len, shape.kv_seq_len,
                                        device="cuda")
-    # each spec is a new score_mod for dynamo to guard on: past its recompile limit (8) it would silently run
-    # flex_attention eagerly (20x slower), so every row starts from a clean slate
-    torch._dynamo.reset()
     compile_mode, kernel_options = FLEX_BACKENDS.get(mode, (mode, None))
     compiled = torch.compile(flex_attention, mode=FLEX_MODES[compile_mode], dynamic=False)
     gqa = shape.heads != shape.kv_heads
-    return timing.time_calls(lambda i: compiled(*sets[i], score_mod=spec.score_mod, block_mask=block_mask,
-                                                enable_gqa=gqa, kernel_options=kernel_options), len(sets),
-                             **TIMING).ms
+    return lambda q, k, v, **_: compiled(q, k, v, score_mod=spec.score_mod, block_mask=block_mask, enable_gqa=gqa,
+                                         kernel_options=kernel_options)
+
+
+def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:
+    # each spec is a new score_mod for dynamo to guard on: past its recompile limit (8) it would silently run
+    # flex_attention eagerly (20x slower), so every row starts from a clean slate
+    torch._dynamo.reset()
+    call = flex_call(spec, shape, mode)
+    return timing.time_calls(lambda i: call(*sets[i]), len(sets), **TIMING).ms
 
 
 def _sdpa_ms(sets, kind: str) -> float:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from benchmarks.bench import load_module  # noqa: E402
+from benchmarks.bench import flex_call, load_module, parse_shape  # noqa: E402
 from verifier.reference import buffers_on  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
@@ -32,21 +32,21 @@ def main() -> int:
     parser.add_argument("spec", help="a spec file (score_mod and/or mask_mod)")
     parser.add_argument("config", nargs="?", help='a built-in config label, e.g. "BM128 BN64 w4 s4 gluon"')
     parser.add_argument("--flash", action="store_true", help="run FlashAttention-4 through flex instead")
-    parser.add_argument("--shape", default="2x16x8192x128", help="BxHxNxD")
+    parser.add_argument("--shape", default="2x16x8192x128", help="BxHxNxD (BxH/HKVxNxD with GQA)")
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--device", default="cuda", help="cpu runs Triton's interpreter (TRITON_INTERPRET=1), in fp16")
     args = parser.parse_args()
     if (args.config is None) != args.flash:
         parser.error("give a built-in config label, or --flash")
     spec = load_spec(SpecFiles(args.spec))
-    batch, heads, seq, dim = (int(x) for x in args.shape.split("x"))
+    shape = parse_shape(args.shape)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float16  # the interpreter's bf16 dot is wrong
-    q, k, v = (torch.randn(batch, heads, seq, dim, device=args.device, dtype=dtype) for _ in range(3))
+    q, k, v = (torch.randn(shape.batch, heads, shape.seq_len, shape.head_dim, device=args.device, dtype=dtype)
+               for heads in (shape.heads, shape.kv_heads, shape.kv_heads))
     buffers = {name: t.to(args.device) for name, t in spec.buffers.items()}
     # flex reads the spec's captured buffers where its functions see them: swapped for the device's copies
     with tempfile.TemporaryDirectory(prefix="kgen-run-kernel-") as tmp, buffers_on(spec, buffers):
-        attention = (flash_attention_call(spec, batch, heads, seq) if args.flash else
-                     builtin_attention(spec, args.config, Path(tmp)))
+        attention = flex_call(spec, shape, "flash") if args.flash else builtin_attention(spec, args.config, Path(tmp))
         for _ in range(args.calls):
             attention(q, k, v, **buffers)
         if args.device == "cuda":
@@ -58,21 +58,6 @@ def main() -> int:
 def builtin_attention(spec, label: str, workdir: Path):
     """The `attention` function of the built-in kernel for the spec at the config `label`, its module in workdir."""
     return load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(label)), workdir).attention
-
-
-def flash_attention_call(spec, batch: int, heads: int, seq: int):
-    """flex_attention on FlashAttention-4's kernels for the spec, as the benchmark's `--flex flash` times it."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    from benchmarks.bench import FLEX_BACKENDS
-    from verifier.baseline import FLEX_MODES
-
-    mode, options = FLEX_BACKENDS["flash"]
-    block_mask = (None if spec.mask_mod is None else
-                  create_block_mask(spec.mask_mod, batch, heads, seq, seq, device="cuda"))
-    compiled = torch.compile(flex_attention, mode=FLEX_MODES[mode], dynamic=False)
-    return lambda q, k, v, **_: compiled(q, k, v, score_mod=spec.score_mod, block_mask=block_mask,
-                                         kernel_options=options)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import parse_shape  # noqa: E402
-from benchmarks.run_kernel import builtin_attention, flash_attention_call  # noqa: E402
+from benchmarks.bench import flex_call, parse_shape  # noqa: E402
+from benchmarks.run_kernel import builtin_attention  # noqa: E402
 from verifier.baseline import sdpa_kind  # noqa: E402
 from verifier.reference import buffers_on  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
@@ -118,7 +118,7 @@ def kernels(args, spec, shape, sdpa: str | None, workdir: Path) -> dict:
     """The kernels to run, by name: the built-in configs', FlashAttention-4's, SDPA's (`sdpa`: its kind)."""
     found = {f"kgen {label}": builtin_attention(spec, label, workdir) for label in args.config}
     if args.flash:
-        found["FlashAttention-4"] = flash_attention_call(spec, shape.batch, shape.heads, shape.seq_len)
+        found["FlashAttention-4"] = flex_call(spec, shape, "flash")
     if sdpa:
         found["SDPA"] = lambda q, k, v, **_: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=sdpa == "causal")

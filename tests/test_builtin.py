@@ -901,7 +901,6 @@ def test_the_profiling_runner_runs_a_built_in_kernel(specs, tmp_path):
     assert list(tmp_path.rglob("*.py")) == []  # (torch may make its inductor cache folder there)
 
 
-
 @pytest.mark.parametrize("args", [[], ["BM32 BN32 w4 s2", "--flash"]])
 def test_the_profiling_runner_runs_a_built_in_config_or_flashattention_4_not_both(specs, args):
     """Either a config label or --flash (FlashAttention-4 through flex, for a profiler to read beside it)."""
@@ -910,6 +909,7 @@ def test_the_profiling_runner_runs_a_built_in_config_or_flashattention_4_not_bot
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "give a built-in config label, or --flash" in result.stderr
+
 
 LINEAR_BIASES = {  # score_mod bodies, and whether the lowering proves them score + a bias linear in the indices
     "score + (kv_idx - q_idx) * torch.exp2(-(h + 1.0))": True,  # ALiBi
