@@ -99,6 +99,41 @@ def test_chunking_gives_the_same_answer(specs, monkeypatch, name):
     assert reference.mask_density(spec, shape) == pytest.approx(dense_density(spec, shape), abs=1e-12)
 
 
+def out_of_memory_past(rows: int, calls: list):
+    """torch.matmul as on a GPU whose memory other processes hold: a product over more than `rows` query rows
+    fails as CUDA's allocator does."""
+    matmul = torch.matmul
+
+    def limited(a, b):
+        calls.append(a.shape[-2])
+        if a.shape[-2] > rows:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (a stand-in for {a.shape[-2]} rows)")
+        return matmul(a, b)
+    return limited
+
+
+def test_the_reference_takes_smaller_chunks_where_memory_runs_out(specs, monkeypatch):
+    """With three other test processes verifying on one H100, the reference's chunk failed to allocate and the
+    verification ended in a traceback: now it goes on in smaller chunks, to the same answer."""
+    spec = load_spec(SpecFiles(str(specs / "rel_pos.py")))
+    shape = Shape(2, 2, 2, 50, 70, 16)
+    q, k, v = inputs(shape)
+    whole = reference.exact(q, k, v, spec, None, shape)
+    calls = []
+    monkeypatch.setattr(torch, "matmul", out_of_memory_past(5, calls))
+    torch.testing.assert_close(reference.exact(q, k, v, spec, None, shape), whole, rtol=1e-12, atol=1e-12)
+    assert calls[0] == 50 and max(c for c in calls if c <= 5) == 3  # 50 rows, then 12, then 3 at a time
+
+
+def test_the_reference_gives_up_when_one_row_does_not_fit(specs, monkeypatch):
+    spec = load_spec(SpecFiles(str(specs / "causal.py")))
+    shape = Shape(1, 2, 2, 40, 40, 16)
+    q, k, v = inputs(shape)
+    monkeypatch.setattr(torch, "matmul", out_of_memory_past(0, []))
+    with pytest.raises(torch.OutOfMemoryError):
+        reference.exact(q, k, v, spec, None, shape)
+
+
 def dense_density(spec, shape: Shape) -> float:
     if spec.mask_mod is None:
         return 1.0

@@ -36,22 +36,37 @@ def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to,
     v = v.to(compute).repeat_interleave(group, dim=1)
     out = torch.empty(q.shape, dtype=compute, device=device)
     buffers = {n: t.to(device) for n, t in spec.buffers.items()}
-    rows = _chunk_rows(q.shape[0] * q.shape[1], shape.kv_seq_len, compute, device.type)
+    start, rows = 0, _chunk_rows(q.shape[0] * q.shape[1], shape.kv_seq_len, compute, device.type)
     with torch.no_grad(), buffers_on(spec, buffers):
-        for start in range(0, shape.seq_len, rows):
+        while start < shape.seq_len:
             stop = min(start + rows, shape.seq_len)
-            q_rows = torch.arange(start, stop, device=device)
-            s = torch.matmul(q[:, :, start:stop].to(compute), k.transpose(-1, -2)) * scale
-            s = scores_after_mods(s, spec, shape, q_rows, heads)
-            m = s.amax(dim=-1, keepdim=True)
-            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with every key masked
-            p = torch.exp(s - m)
-            l = p.sum(dim=-1, keepdim=True)
-            if round_p_to is not None:
-                p = p.to(round_p_to).to(compute)
-            o = torch.matmul(p, v)
-            out[:, :, start:stop] = torch.where(l > 0, o / l.clamp_min(torch.finfo(compute).tiny), 0.0)
+            try:
+                out[:, :, start:stop] = _attend_rows(q, k, v, spec, scale, shape, start, stop, round_p_to, heads)
+            except torch.OutOfMemoryError:
+                if rows == 1:
+                    raise
+                rows = max(1, rows // 4)  # other processes hold the GPU's memory: smaller chunks, the same answer
+            else:
+                start = stop
+                continue
+            torch.cuda.empty_cache()  # outside the handler, whose traceback holds the failed chunk's tensors
     return out
+
+
+def _attend_rows(q, k, v, spec: Spec, scale: float, shape, start: int, stop: int, round_p_to, heads) -> torch.Tensor:
+    """Query rows start..stop-1 of attention in k's dtype (the compute dtype)."""
+    compute = k.dtype
+    q_rows = torch.arange(start, stop, device=q.device)
+    s = torch.matmul(q[:, :, start:stop].to(compute), k.transpose(-1, -2)) * scale
+    s = scores_after_mods(s, spec, shape, q_rows, heads)
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with every key masked
+    p = torch.exp(s - m)
+    l = p.sum(dim=-1, keepdim=True)
+    if round_p_to is not None:
+        p = p.to(round_p_to).to(compute)
+    o = torch.matmul(p, v)
+    return torch.where(l > 0, o / l.clamp_min(torch.finfo(compute).tiny), 0.0)
 
 
 def scores_after_mods(s: torch.Tensor, spec: Spec, shape, q_rows: torch.Tensor, heads=None) -> torch.Tensor:
