@@ -58,13 +58,16 @@ def compile_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str
 
 def compiled_builtin(spec_path: str, cfg: KernelConfig, head_dim: int, dtype: str = "bf16",
                      even_kv: bool = True, runs: bool = True, light: int = 0, ones: tuple[str, ...] = (),
-                     apart: bool = False):
+                     apart: bool = False, transform=None):
     """The built-in kernel's `_attn_fwd` for `cfg`, compiled for sm_90 (a Triton CompiledKernel, not loaded).
     `light`: the mask's conjuncts left out of light cut blocks (the block map's choice; 0: none). `ones`: integer
     arguments passed as 1 (see `_passed_as_one`). `apart`: the Gluon kernel whose two consumers skip or run
-    unmasked the blocks the block map sorts for their halves of a tile's rows (the map's choice)."""
+    unmasked the blocks the block map sorts for their halves of a tile's rows (the map's choice). `transform`: a
+    function of the rendered source that returns the source to compile (an instrumented kernel, say)."""
     spec = load_spec(SpecFiles(spec_path))
     source = render_kernel(spec.name, lower_spec(spec), cfg)
+    if transform is not None:
+        source = transform(source)
     with tempfile.TemporaryDirectory(prefix="kgen-hopper-compile-") as tmp:  # the module's file, gone afterwards
         module = load_module(source, Path(tmp))
         return (_compile_gluon(module, cfg, spec, head_dim, dtype, even_kv, light, ones, apart) if cfg.gluon
