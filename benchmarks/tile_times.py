@@ -191,6 +191,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kgen-tile-times-") as tmp:
         plain = load_module(source, Path(tmp)).attention
         module = load_module(timed_source(source), Path(tmp))
+        if getattr(module, "RESIDUES", 1) > 1:  # its block map is of residue classes, not of the tiles as launched
+            parser.error("a dilated mask's kernel runs its residue classes apart: its tiles are not timed here")
         module.attention(q, k, v, **buffers)  # compiles, builds the block map and the schedule
         plain(q, k, v, **buffers)
         room, tiles, programs = schedule(module)

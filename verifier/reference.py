@@ -40,16 +40,18 @@ def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to,
     with torch.no_grad(), buffers_on(spec, buffers):
         while start < shape.seq_len:
             stop = min(start + rows, shape.seq_len)
+            failed = False
             try:
                 out[:, :, start:stop] = _attend_rows(q, k, v, spec, scale, shape, start, stop, round_p_to, heads)
             except torch.OutOfMemoryError:
                 if rows == 1:
                     raise
+                failed = True
+            if failed:  # (out of the handler, whose traceback holds the failed chunk's tensors)
                 rows = max(1, rows // 4)  # other processes hold the GPU's memory: smaller chunks, the same answer
+                torch.cuda.empty_cache()
             else:
                 start = stop
-                continue
-            torch.cuda.empty_cache()  # outside the handler, whose traceback holds the failed chunk's tensors
     return out
 
 
