@@ -93,6 +93,17 @@ def reasons_field() -> str | None:
     return None
 
 
+def ms_a_call(call, calls: int) -> float:
+    """Milliseconds a call, `calls` back to back between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / calls
+
+
 def run_for(kernel: str, rep: int, call, seconds: float, reasons: str | None) -> Run:
     """`call` back to back for `seconds`, nvidia-smi sampling the board meanwhile (`reasons`: its field for why
     the clock is held down, if any)."""
@@ -102,13 +113,7 @@ def run_for(kernel: str, rep: int, call, seconds: float, reasons: str | None) ->
     call_ms, started = [], time.monotonic()
     try:
         while time.monotonic() - started < seconds:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(CALLS_BETWEEN_EVENTS):
-                call()
-            end.record()
-            end.synchronize()
-            call_ms.append(start.elapsed_time(end) / CALLS_BETWEEN_EVENTS)
+            call_ms.append(ms_a_call(call, CALLS_BETWEEN_EVENTS))
     finally:
         smi.terminate()
     return summarize(kernel, rep, call_ms, parse_samples(smi.communicate()[0]))

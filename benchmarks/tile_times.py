@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from benchmarks.bench import load_module, parse_shape  # noqa: E402
+from benchmarks.sustained import ms_a_call  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
 TIMER = '''
@@ -140,17 +141,6 @@ def _since(times: torch.Tensor, reference) -> torch.Tensor:
     return torch.where(ns >= 2**31, ns - 2**32, ns)
 
 
-def _ms_a_call(call, calls: int) -> float:
-    """Milliseconds a call, `calls` back to back between two CUDA events."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        call()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / calls
-
-
 def _line(x: list[float], y: list[float]) -> tuple[float, float]:
     """Least-squares slope and intercept of y on x (slope 0 where every x is the same)."""
     n = len(x)
@@ -199,9 +189,9 @@ def main() -> int:
         blocks = tile_blocks(module, q, k, buffers)
         reads, plain_ms = [], []
         for _ in range(args.reads):  # the timed kernel, then the kernel as shipped, back to back alike
-            timed_ms = _ms_a_call(lambda: module.attention(q, k, v, **buffers), args.calls)
+            timed_ms = ms_a_call(lambda: module.attention(q, k, v, **buffers), args.calls)
             reads.append(replace(read_times(room, tiles, programs, blocks), ms_a_call=timed_ms))
-            plain_ms.append(_ms_a_call(lambda: plain(q, k, v, **buffers), args.calls))
+            plain_ms.append(ms_a_call(lambda: plain(q, k, v, **buffers), args.calls))
     for r, ms in zip(reads, plain_ms):
         print(f"{spec.name} {args.shape} {args.config}: span {r.span_us:.1f} us, tail {r.tail_us:.1f} us "
               f"({100 * r.tail_fraction:.1f}%), busiest/mean {r.busiest_over_mean:.3f}, start skew "
