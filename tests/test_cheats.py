@@ -265,7 +265,7 @@ def test_every_reason_code_is_covered_here_or_in_the_other_test_files():
     """A reminder kept honest: each code has a triggering test (issue 4's 'for every reason code')."""
     here = {c[1] for c in CHEATS} | {"materialized_scores", "implausible_speed", "side_stream", "multiple_kernels"}
     elsewhere = {"syntax_error", "missing_entry_point", "no_triton_kernel", "needs_gpu", "compile_error",
-                 "runtime_error", "crash", "timeout", "wrong_output", "nan_output", "truncated_work"}  # test_static.py, test_verify.py
+                 "runtime_error", "crash", "out_of_memory", "timeout", "wrong_output", "nan_output", "truncated_work"}  # test_static.py, test_verify.py
     assert here | elsewhere == set(REASONS)
 
 

@@ -161,6 +161,26 @@ def test_the_projection_reads_any_strides_and_the_reference_rows_span_chunks(spe
     torch.testing.assert_close(every_row.project(bshd, trial).double(), whole @ w, rtol=1e-5, atol=1e-5)
 
 
+def test_the_reference_rows_take_fewer_heads_where_memory_runs_out(specs, monkeypatch):
+    """On an H100 that three other test processes filled, a chunk's float64 k and v failed to allocate (before
+    the reference's own query-row chunks begin): the chunk is taken again with fewer heads, to the same rows."""
+    spec = load_spec(SpecFiles(spec_path("alibi")))
+    shape = Shape(batch=2, heads=6, kv_heads=6, seq_len=5, kv_seq_len=7, head_dim=16)
+    trial = sampled_trial(shape, [(0, 0)])
+    whole = every_row.reference_rows(trial, spec, torch.float32, "cpu")
+    exact, heads_tried = reference.exact, []
+
+    def out_of_memory_past_one_head(q, k, v, spec, scale, shape, heads=None):
+        heads_tried.append(q.shape[0])
+        if q.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        return exact(q, k, v, spec, scale, shape, heads)
+    monkeypatch.setattr(reference, "exact", out_of_memory_past_one_head)
+    rows = every_row.reference_rows(trial, spec, torch.float32, "cpu")
+    assert heads_tried[:3] == [12, 3, 1] and set(heads_tried[3:]) == {1}
+    torch.testing.assert_close(rows, whole, rtol=1e-12, atol=1e-12)
+
+
 def test_a_fingerprint_changes_with_one_element():
     t = torch.randn(2, 3, 5, 16).to(torch.float16)
     before = fingerprint(t)

@@ -287,6 +287,42 @@ def test_system_exit_is_reported_as_a_runtime_error(verifier):
     assert "SystemExit" in verdict.message
 
 
+@pytest.mark.parametrize("raised", ["torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 64.00 GiB')",
+                                    "RuntimeError('CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate')"])
+def test_running_out_of_gpu_memory_in_the_call_is_its_own_reason(verifier, raised):
+    """torch's own error, or cuBLAS's, which torch passes on as a plain RuntimeError."""
+    source = flash_source().replace("    return o\n", f"    raise {raised}\n")
+    verdict = rejected(verifier("noop").verify(source), "out_of_memory", "run")
+    assert "Tried to allocate" in verdict.message or "CUBLAS_STATUS_ALLOC_FAILED" in verdict.message
+
+
+def test_running_out_of_memory_in_the_verifiers_own_check_says_so_and_other_errors_are_not_disguised(
+        tmp_path, monkeypatch):
+    """On a GPU that other processes fill, the candidate's process can run out of memory after a correct call,
+    saving the output (on the GPU this was cuBLAS failing to make its handle): the verdict says it was the
+    verifier's work, on which trial, and what to do, not that the kernel crashed."""
+    from verifier import child
+    trial = build_suite(SMALL, interpreted=True)[0]
+    job = {"device": "cpu", "run_dtype": "fp16", "kernel": str(tmp_path / "kernel.py"), "out_dir": str(tmp_path)}
+    checker = child.Checker(job, lambda q, k, v, scale=None: torch.zeros_like(q), {})
+    assert checker.run(trial)["observations"] == []  # the check runs as it is
+
+    def out_of_memory(out, trial):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    monkeypatch.setattr(child, "saved_output", out_of_memory)
+    with pytest.raises(child.CandidateFailure) as failure:
+        checker.run(trial)
+    report = failure.value.report()
+    assert report["code"] == "out_of_memory" and report["type"] == "OutOfMemoryInCheck"
+    assert f"verifier's own work on trial {trial.id}" in report["message"] and "verify again" in report["message"]
+
+    def broken(out, trial):
+        raise ValueError("a bug in the verifier")
+    monkeypatch.setattr(child, "saved_output", broken)
+    with pytest.raises(ValueError, match="a bug in the verifier"):
+        checker.run(trial)
+
+
 def test_the_child_sees_no_secrets(verifier, monkeypatch):
     """A kernel that reads its environment (os reached at run time) finds no keys or tokens to leak."""
     monkeypatch.setenv("KGEN_TEST_API_KEY", "sk-must-not-leak")

@@ -30,6 +30,9 @@ from verifier.suite import RotatingInputs, Trial, make_inputs
 
 CONTEXT_KILLERS = ("illegal memory access", "misaligned address", "unspecified launch failure",
                    "illegal instruction", "device-side assert", "cudaErrorLaunchFailure")
+# how running out of GPU memory reads where torch does not raise its own OutOfMemoryError (cuBLAS's handle)
+OUT_OF_MEMORY = ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
+GB = 2 ** 30
 
 
 class Channel:
@@ -90,12 +93,38 @@ def classify(exc: BaseException, during_import: bool) -> str:
     message = str(exc)
     if any(k in message for k in CONTEXT_KILLERS):
         return "crash"
+    if out_of_memory(exc):
+        return "out_of_memory"
     if during_import:
         return "compile_error"
     names = {c.__name__ for c in type(exc).__mro__}
     if names & {"CompilationError", "CompileTimeAssertionFailure", "UnsupportedLanguageConstruct"}:
         return "compile_error"
     return "runtime_error"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or any(k in str(exc) for k in OUT_OF_MEMORY)
+
+
+class OutOfMemoryInCheck(RuntimeError):
+    """The GPU's memory ran out in the verifier's own work on a trial (making its inputs, fingerprinting them, saving
+    the output), not in the candidate's call: where other processes hold the GPU, a correct kernel can meet this.
+    Measured once the trial's tensors are freed, the figures say which processes hold the GPU."""
+
+    @classmethod
+    def on(cls, trial: Trial, device: str) -> "OutOfMemoryInCheck":
+        where = f"trial {trial.id} ({trial.purpose}, {trial.shape.label()})"
+        held = ""
+        if device == "cuda" and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            ours = torch.cuda.memory_reserved()
+            others = max(0, total - free - ours)
+            held = (f": {free / GB:.1f} of {total / GB:.1f} GB free, this process holding {ours / GB:.1f} GB and "
+                    f"other processes {others / GB:.1f} GB")
+        return cls(f"the GPU ran out of memory in the verifier's own work on {where} (its inputs or the check of "
+                   f"the output, not the kernel's call){held}. If other work shares this GPU, verify again once "
+                   f"it is free.")
 
 
 def _refusal(exc: BaseException | None, depth: int = 0) -> guards.Refused | None:
@@ -211,6 +240,16 @@ class Checker:
         self.buffer_copies = {n: t.clone() for n, t in buffers.items()}
 
     def run(self, trial: Trial) -> dict:
+        try:
+            return self._run(trial)
+        except CandidateFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - the verifier's own work; only running out of memory is expected
+            if not out_of_memory(e):
+                raise
+        raise CandidateFailure("out_of_memory", OutOfMemoryInCheck.on(trial, self.device), self.kernel)
+
+    def _run(self, trial: Trial) -> dict:
         inputs = {}
         watched = []
         made = list(make_inputs(trial, self.dtype, self.device))

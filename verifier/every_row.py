@@ -50,11 +50,15 @@ def reference_rows(trial: Trial, spec: Spec, dtype: torch.dtype, device) -> tupl
     tolerance, verifier.numerics), each [B, H, Sq, 1]: every head of the trial, built a chunk at a time."""
     s = trial.shape
     w = direction(trial, s.head_dim, device).double()
-    exact, plain = [], []
-    for flat in torch.arange(s.batch * s.heads, device=device).split(CHUNK_HEADS):
+
+    def rows_of(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:  # heads start..stop-1, flattened
+        flat = torch.arange(start, stop, device=device)
         heads = (flat // s.heads, flat % s.heads)
         q, k, v = sampled_inputs(trial, dtype, device, heads)
-        exact.append(reference.exact(q, k, v, spec, trial.scale, s, heads)[:, 0] @ w)
-        plain.append(reference.straightforward(q, k, v, spec, trial.scale, s, heads)[:, 0].double() @ w)
+        return (reference.exact(q, k, v, spec, trial.scale, s, heads)[:, 0] @ w,
+                reference.straightforward(q, k, v, spec, trial.scale, s, heads)[:, 0].double() @ w)
+
+    # (on a GPU other processes fill, even a chunk's float64 k and v may not fit: fewer heads at a time then)
+    parts = [both for _, _, both in reference.in_shrinking_chunks(s.batch * s.heads, CHUNK_HEADS, rows_of)]
     grid = (s.batch, s.heads, s.seq_len, 1)
-    return torch.cat(exact).view(grid), torch.cat(plain).view(grid)
+    return torch.cat([e for e, _ in parts]).view(grid), torch.cat([p for _, p in parts]).view(grid)

@@ -36,23 +36,34 @@ def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to,
     v = v.to(compute).repeat_interleave(group, dim=1)
     out = torch.empty(q.shape, dtype=compute, device=device)
     buffers = {n: t.to(device) for n, t in spec.buffers.items()}
-    start, rows = 0, _chunk_rows(q.shape[0] * q.shape[1], shape.kv_seq_len, compute, device.type)
+    rows = _chunk_rows(q.shape[0] * q.shape[1], shape.kv_seq_len, compute, device.type)
     with torch.no_grad(), buffers_on(spec, buffers):
-        while start < shape.seq_len:
-            stop = min(start + rows, shape.seq_len)
-            failed = False
-            try:
-                out[:, :, start:stop] = _attend_rows(q, k, v, spec, scale, shape, start, stop, round_p_to, heads)
-            except torch.OutOfMemoryError:
-                if rows == 1:
-                    raise
-                failed = True
-            if failed:  # (out of the handler, whose traceback holds the failed chunk's tensors)
-                rows = max(1, rows // 4)  # other processes hold the GPU's memory: smaller chunks, the same answer
-                torch.cuda.empty_cache()
-            else:
-                start = stop
+        for start, stop, o in in_shrinking_chunks(
+                shape.seq_len, rows, lambda a, b: _attend_rows(q, k, v, spec, scale, shape, a, b, round_p_to, heads)):
+            out[:, :, start:stop] = o
     return out
+
+
+def in_shrinking_chunks(total: int, size: int, work):
+    """(start, stop, work(start, stop)) over 0..total, `size` at a time. A chunk that runs out of GPU memory is
+    tried again at a quarter of its size, down to one: where other processes hold the GPU's memory (test processes
+    sharing one GPU, a training job beside kgen), smaller chunks give the same answer."""
+    start = 0
+    while start < total:
+        stop = min(start + size, total)
+        failed = False
+        try:
+            result = work(start, stop)
+        except torch.OutOfMemoryError:
+            if stop - start == 1:
+                raise
+            failed = True
+        if failed:  # (out of the handler, whose traceback holds the failed chunk's tensors)
+            size = max(1, (stop - start) // 4)
+            torch.cuda.empty_cache()
+            continue
+        yield start, stop, result
+        start = stop
 
 
 def _attend_rows(q, k, v, spec: Spec, scale: float, shape, start: int, stop: int, round_p_to, heads) -> torch.Tensor:

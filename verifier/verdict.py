@@ -13,6 +13,7 @@ REASONS: dict[str, str] = {
     "compile_error": "the module failed to import or a Triton kernel failed to compile",
     "runtime_error": "the call raised an exception",
     "crash": "the process died (segfault, abort, illegal memory access)",
+    "out_of_memory": "the GPU ran out of memory, in the call or in the verifier's own check of it",
     "timeout": "compiling or running took longer than the time limit (a hang?)",
     # numerics
     "wrong_output": "the output differs from the reference beyond tolerance",
