@@ -42,7 +42,7 @@ from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
 from agent.proposers import ConfigSearch, first_configs, is_hopper, shared_memory_check  # noqa: E402
 from benchmarks.precompile import Precompiler, precompile_configs  # noqa: E402
 from verifier import numerics, reference, timing  # noqa: E402
-from verifier.baseline import FLEX_MODES, sdpa_kind  # noqa: E402
+from verifier.baseline import flex_call, sdpa_kind  # noqa: E402
 from verifier.problem import DTYPES, Shape  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 from verifier.suite import Trial, make_inputs  # noqa: E402
@@ -229,27 +229,6 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
         row.final_ms[cfg.label()] = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), **TIMING).ms
     _, cfg, _, row.kgen_error_ratio = min(contenders, key=lambda t: row.final_ms[t[1].label()])
     row.kgen_config, row.kgen_ms = cfg.label(), row.final_ms[cfg.label()]
-
-
-# flex's FLASH backend runs FlashAttention-4's CuTe DSL kernels (needs the flash-attn-4 package): compiled in the
-# default mode, with the backend chosen through kernel_options
-FLEX_BACKENDS = {"flash": ("default", {"BACKEND": "FLASH"})}
-
-
-def flex_call(spec, shape: Shape, mode: str):
-    """flex_attention compiled for the spec at the shape, as a function of q, k, v: `mode` is a compile mode
-    ("default", "max-autotune") or a backend of FLEX_BACKENDS ("flash": FlashAttention-4's kernels)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    block_mask = None
-    if spec.mask_mod is not None:
-        block_mask = create_block_mask(spec.mask_mod, shape.batch, shape.heads, shape.seq_len, shape.kv_seq_len,
-                                       device="cuda")
-    compile_mode, kernel_options = FLEX_BACKENDS.get(mode, (mode, None))
-    compiled = torch.compile(flex_attention, mode=FLEX_MODES[compile_mode], dynamic=False)
-    gqa = shape.heads != shape.kv_heads
-    return lambda q, k, v, **_: compiled(q, k, v, score_mod=spec.score_mod, block_mask=block_mask, enable_gqa=gqa,
-                                         kernel_options=kernel_options)
 
 
 def _flex_ms(spec, shape: Shape, sets, mode: str) -> float:

@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from benchmarks.bench import flex_call, load_module, parse_shape  # noqa: E402
+from benchmarks.bench import load_module, parse_shape  # noqa: E402
+from verifier.baseline import flex_call  # noqa: E402
 from verifier.reference import buffers_on  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 

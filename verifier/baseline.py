@@ -20,6 +20,9 @@ from verifier.problem import DTYPES, Problem, Shape
 from verifier.sandbox import Limits, run_child
 
 FLEX_MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}
+# flex's FLASH backend runs FlashAttention-4's CuTe DSL kernels (needs the flash-attn-4 package): compiled in the
+# default mode, with the backend chosen through kernel_options (the benchmark's "flash" column)
+FLEX_BACKENDS = {"flash": ("default", {"BACKEND": "FLASH"})}
 
 
 @dataclass
@@ -86,9 +89,25 @@ def sdpa_kind(spec, shape: Shape) -> str | None:
     return "causal" if torch.equal(keep, (q >= kv).expand_as(keep)) else None
 
 
+def flex_call(spec, shape: Shape, mode: str):
+    """flex_attention compiled for the spec at the shape, as a function of q, k, v: `mode` is a compile mode
+    ("default", "max-autotune") or a backend of FLEX_BACKENDS ("flash"). Call it with the spec's buffers on the
+    GPU (reference.buffers_on)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block_mask = None
+    if spec.mask_mod is not None:
+        block_mask = create_block_mask(spec.mask_mod, shape.batch, shape.heads, shape.seq_len, shape.kv_seq_len,
+                                       device="cuda")
+    compile_mode, kernel_options = FLEX_BACKENDS.get(mode, (mode, None))
+    compiled = torch.compile(flex_attention, mode=FLEX_MODES[compile_mode], dynamic=False)
+    gqa = shape.heads != shape.kv_heads
+    return lambda q, k, v, **_: compiled(q, k, v, score_mod=spec.score_mod, block_mask=block_mask, enable_gqa=gqa,
+                                         kernel_options=kernel_options)
+
+
 def run(job: dict, channel) -> dict:
     import torch.nn.functional as F
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     from verifier import timing
     from verifier.reference import buffers_on
@@ -102,19 +121,10 @@ def run(job: dict, channel) -> dict:
     result = Baseline(gpu=torch.cuda.get_device_name())
     gqa = shape.heads != shape.kv_heads
     with buffers_on(spec, {n: t.cuda() for n, t in spec.buffers.items()}):
-        block_mask = None
-        if spec.mask_mod is not None:
-            block_mask = create_block_mask(spec.mask_mod, shape.batch, shape.heads, shape.seq_len, shape.kv_seq_len,
-                                           device="cuda")
         for mode in job["modes"]:
             channel.phase(f"compile flex ({mode})", limit="compile")
-            compiled = torch.compile(flex_attention, mode=FLEX_MODES[mode], dynamic=False)
-
-            def flex(i, compiled=compiled):
-                q, k, v = sets[i]
-                return compiled(q, k, v, score_mod=spec.score_mod, block_mask=block_mask, enable_gqa=gqa)
-
-            t = timing.time_calls(flex, len(sets))
+            call = flex_call(spec, shape, mode)
+            t = timing.time_calls(lambda i, call=call: call(*sets[i]), len(sets))
             setattr(result, "flex_ms" if mode == "default" else "flex_autotune_ms", t.ms)
     result.sdpa_kind = sdpa_kind(spec, shape)
     if result.sdpa_kind:
