@@ -3,8 +3,10 @@ reference for the sampled heads alone, and the whole path through a real child p
 interpreter cannot run 4 GB, but the sampling is the same at any size)."""
 from __future__ import annotations
 
+import sys
 import textwrap
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,6 +181,26 @@ def test_the_reference_rows_take_fewer_heads_where_memory_runs_out(specs, monkey
     rows = every_row.reference_rows(trial, spec, torch.float32, "cpu")
     assert heads_tried[:3] == [12, 3, 1] and set(heads_tried[3:]) == {1}
     torch.testing.assert_close(rows, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_the_memory_pressure_tool_counts_the_chunks_that_ran_and_puts_the_helper_back(specs, monkeypatch):
+    """tools/reference_under_memory_pressure.py (run on a GPU) says which chunk sizes ran: here, through the same
+    stand-in for CUDA's allocator as above, 12 heads fail, then 3 run at a time."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from reference_under_memory_pressure import chunk_sizes_while
+    spec = load_spec(SpecFiles(spec_path("noop")))
+    trial = sampled_trial(Shape(batch=2, heads=6, kv_heads=6, seq_len=5, kv_seq_len=7, head_dim=16), [(0, 0)])
+    exact = reference.exact
+
+    def out_of_memory_past_three_heads(q, k, v, spec, scale, shape, heads=None):
+        if q.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        return exact(q, k, v, spec, scale, shape, heads)
+    monkeypatch.setattr(reference, "exact", out_of_memory_past_three_heads)
+    helper = reference.in_shrinking_chunks
+    (rows, _), sizes = chunk_sizes_while(lambda: every_row.reference_rows(trial, spec, torch.float32, "cpu"))
+    assert sizes.count(3) == 4 and 12 not in sizes  # four chunks of three heads (rows: whole, 5 at a time)
+    assert rows.shape == (2, 6, 5, 1) and reference.in_shrinking_chunks is helper
 
 
 def test_a_fingerprint_changes_with_one_element():
