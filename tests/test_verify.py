@@ -315,6 +315,8 @@ def test_running_out_of_memory_in_the_verifiers_own_check_says_so_and_other_erro
     report = failure.value.report()
     assert report["code"] == "out_of_memory" and report["type"] == "OutOfMemoryInCheck"
     assert f"verifier's own work on trial {trial.id}" in report["message"] and "verify again" in report["message"]
+    assert report["message"].endswith("The error: RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                                      "`cublasCreate(handle)`")
 
     def broken(out, trial):
         raise ValueError("a bug in the verifier")

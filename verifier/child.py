@@ -113,7 +113,7 @@ class OutOfMemoryInCheck(RuntimeError):
     Measured once the trial's tensors are freed, the figures say which processes hold the GPU."""
 
     @classmethod
-    def on(cls, trial: Trial, device: str) -> "OutOfMemoryInCheck":
+    def on(cls, trial: Trial, device: str, error: str) -> "OutOfMemoryInCheck":
         where = f"trial {trial.id} ({trial.purpose}, {trial.shape.label()})"
         held = ""
         if device == "cuda" and torch.cuda.is_available():
@@ -124,7 +124,7 @@ class OutOfMemoryInCheck(RuntimeError):
                     f"other processes {others / GB:.1f} GB")
         return cls(f"the GPU ran out of memory in the verifier's own work on {where} (its inputs or the check of "
                    f"the output, not the kernel's call){held}. If other work shares this GPU, verify again once "
-                   f"it is free.")
+                   f"it is free. The error: {error}")
 
 
 def _refusal(exc: BaseException | None, depth: int = 0) -> guards.Refused | None:
@@ -247,7 +247,8 @@ class Checker:
         except Exception as e:  # noqa: BLE001 - the verifier's own work; only running out of memory is expected
             if not out_of_memory(e):
                 raise
-        raise CandidateFailure("out_of_memory", OutOfMemoryInCheck.on(trial, self.device), self.kernel)
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"  # (not e: its traceback holds the tensors)
+        raise CandidateFailure("out_of_memory", OutOfMemoryInCheck.on(trial, self.device, error), self.kernel)
 
     def _run(self, trial: Trial) -> dict:
         inputs = {}
