@@ -29,9 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import parse_shape  # noqa: E402
-from verifier.baseline import flex_call  # noqa: E402
 from benchmarks.run_kernel import builtin_attention  # noqa: E402
-from verifier.baseline import sdpa_kind  # noqa: E402
+from verifier.baseline import flex_call, sdpa_kind  # noqa: E402
 from verifier.reference import buffers_on  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 

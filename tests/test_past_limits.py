@@ -23,6 +23,9 @@ from verifier.verify import Verifier, VerifyOptions
 
 from conftest import SMALL, spec_path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from reference_under_memory_pressure import chunk_sizes_while  # noqa: E402
+
 
 def elements(shape: Shape) -> tuple[int, int]:
     return (shape.batch * shape.heads * shape.seq_len * shape.head_dim,
@@ -186,8 +189,6 @@ def test_the_reference_rows_take_fewer_heads_where_memory_runs_out(specs, monkey
 def test_the_memory_pressure_tool_counts_the_chunks_that_ran_and_puts_the_helper_back(specs, monkeypatch):
     """tools/reference_under_memory_pressure.py (run on a GPU) says which chunk sizes ran: here, through the same
     stand-in for CUDA's allocator as above, 12 heads fail, then 3 run at a time."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from reference_under_memory_pressure import chunk_sizes_while
     spec = load_spec(SpecFiles(spec_path("noop")))
     trial = sampled_trial(Shape(batch=2, heads=6, kv_heads=6, seq_len=5, kv_seq_len=7, head_dim=16), [(0, 0)])
     exact = reference.exact
