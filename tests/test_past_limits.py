@@ -186,6 +186,39 @@ def test_the_reference_rows_take_fewer_heads_where_memory_runs_out(specs, monkey
     torch.testing.assert_close(rows, whole, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 258.00 MiB"),
+                                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"),
+                                   ValueError("not memory")])
+def test_a_reference_out_of_memory_even_a_head_at_a_time_is_said_and_not_raised(specs, tmp_path, monkeypatch, error):
+    """On an H100 three other test processes filled, the reference's rows for the past-limits trial ran out of
+    memory in the verifier's own process and the error reached the caller. Now the numerics stage says so (the
+    kernel's output not judged, verify again on a free GPU); any other error in the verifier's work still raises."""
+    spec = load_spec(SpecFiles(spec_path("noop")))
+    shape = Shape(batch=2, heads=4, kv_heads=4, seq_len=6, kv_seq_len=6, head_dim=16)
+    trial = sampled_trial(shape, [(0, 2), (1, 1)])
+    out = reference.exact(*make_inputs(trial, torch.float16, "cpu"), spec, None, shape).to(torch.float16)
+    torch.save(saved_output(out, trial), tmp_path / "tx.pt")
+    exact, calls = reference.exact, []
+
+    def fails_after_the_sampled_heads(*args, **kwargs):  # the sampled heads' check, then every row's chunks
+        calls.append(args[0].shape[0])
+        if len(calls) > 1:
+            raise error
+        return exact(*args, **kwargs)
+    monkeypatch.setattr(reference, "exact", fails_after_the_sampled_heads)
+    judge = lambda: numerics.judge([trial], {"tx": str(tmp_path / "tx.pt")}, spec, torch.float16, "cpu")  # noqa: E731
+    if isinstance(error, ValueError):
+        with pytest.raises(ValueError, match="not memory"):
+            judge()
+        return
+    stage = judge()
+    assert (stage.ok, stage.reason) == (False, "out_of_memory")
+    assert "own reference for trial tx (sampled, " in stage.message and "verify again" in stage.message
+    assert str(error).split(".")[0] in stage.message
+    if isinstance(error, torch.OutOfMemoryError):  # torch's own error: fewer heads tried, down to one
+        assert calls[1:] == [8, 2, 1]
+
+
 def test_the_memory_pressure_tool_counts_the_chunks_that_ran_and_puts_the_helper_back(specs, monkeypatch):
     """tools/reference_under_memory_pressure.py (run on a GPU) says which chunk sizes ran: here, through the same
     stand-in for CUDA's allocator as above, 12 heads fail, then 3 run at a time."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from verifier import every_row, guards
+from verifier.gpu_memory import first_line, out_of_memory, who_holds_it
 from verifier.guards import CallWatch, guarded
 from verifier.problem import DTYPES, Shape
 from verifier.spec import SpecFiles, load_spec
@@ -30,9 +31,6 @@ from verifier.suite import RotatingInputs, Trial, make_inputs
 
 CONTEXT_KILLERS = ("illegal memory access", "misaligned address", "unspecified launch failure",
                    "illegal instruction", "device-side assert", "cudaErrorLaunchFailure")
-# how running out of GPU memory reads where torch does not raise its own OutOfMemoryError (cuBLAS's handle)
-OUT_OF_MEMORY = ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
-GB = 2 ** 30
 
 
 class Channel:
@@ -103,10 +101,6 @@ def classify(exc: BaseException, during_import: bool) -> str:
     return "runtime_error"
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or any(k in str(exc) for k in OUT_OF_MEMORY)
-
-
 class OutOfMemoryInCheck(RuntimeError):
     """The GPU's memory ran out in the verifier's own work on a trial (making its inputs, fingerprinting them, saving
     the output), not in the candidate's call: where other processes hold the GPU, a correct kernel can meet this.
@@ -115,16 +109,9 @@ class OutOfMemoryInCheck(RuntimeError):
     @classmethod
     def on(cls, trial: Trial, device: str, error: str) -> "OutOfMemoryInCheck":
         where = f"trial {trial.id} ({trial.purpose}, {trial.shape.label()})"
-        held = ""
-        if device == "cuda" and torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            ours = torch.cuda.memory_reserved()
-            others = max(0, total - free - ours)
-            held = (f": {free / GB:.1f} of {total / GB:.1f} GB free, this process holding {ours / GB:.1f} GB and "
-                    f"other processes {others / GB:.1f} GB")
         return cls(f"the GPU ran out of memory in the verifier's own work on {where} (its inputs or the check of "
-                   f"the output, not the kernel's call){held}. If other work shares this GPU, verify again once "
-                   f"it is free. The error: {error}")
+                   f"the output, not the kernel's call){who_holds_it(device)}. If other work shares this GPU, verify "
+                   f"again once it is free. The error: {error}")
 
 
 def _refusal(exc: BaseException | None, depth: int = 0) -> guards.Refused | None:
@@ -247,7 +234,7 @@ class Checker:
         except Exception as e:  # noqa: BLE001 - the verifier's own work; only running out of memory is expected
             if not out_of_memory(e):
                 raise
-            error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"  # (not e: its traceback holds the tensors)
+            error = f"{type(e).__name__}: {first_line(e)[:300]}"  # (not e: its traceback holds the tensors)
         raise CandidateFailure("out_of_memory", OutOfMemoryInCheck.on(trial, self.device, error), self.kernel)
 
     def _run(self, trial: Trial) -> dict:

@@ -58,7 +58,11 @@ def reference_rows(trial: Trial, spec: Spec, dtype: torch.dtype, device) -> tupl
         return (reference.exact(q, k, v, spec, trial.scale, s, heads)[:, 0] @ w,
                 reference.straightforward(q, k, v, spec, trial.scale, s, heads)[:, 0].double() @ w)
 
-    # (on a GPU other processes fill, even a chunk's float64 k and v may not fit: fewer heads at a time then)
-    parts = [both for _, _, both in reference.in_shrinking_chunks(s.batch * s.heads, CHUNK_HEADS, rows_of)]
+    # Both made whole first and filled a chunk at a time: joining the chunks at the end held every chunk and the
+    # joined copy at once (out of memory on an H100 that three other test processes filled). On a GPU others fill,
+    # even a chunk's float64 k and v may not fit: fewer heads at a time then.
+    exact, plain = (torch.empty(s.batch * s.heads, s.seq_len, dtype=torch.float64, device=device) for _ in range(2))
+    for start, stop, (e, p) in reference.in_shrinking_chunks(s.batch * s.heads, CHUNK_HEADS, rows_of):
+        exact[start:stop], plain[start:stop] = e, p
     grid = (s.batch, s.heads, s.seq_len, 1)
-    return torch.cat([e for e, _ in parts]).view(grid), torch.cat([p for _, p in parts]).view(grid)
+    return exact.view(grid), plain.view(grid)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from verifier import every_row, reference
+from verifier.gpu_memory import first_line, out_of_memory, who_holds_it
 from verifier.spec import Spec
 from verifier.suite import Trial, make_inputs, sampled_inputs
 from verifier.verdict import StageResult
@@ -121,7 +122,15 @@ def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch
     for trial in trials:
         saved = torch.load(outputs[trial.id], map_location="cpu")
         loaded[trial.id] = compared_output(saved)
-        checks.append(check_trial(trial, saved, spec, dtype, device))
+        error = None
+        try:
+            checks.append(check_trial(trial, saved, spec, dtype, device))
+        except Exception as e:  # noqa: BLE001 - the reference's own work; only running out of memory is expected
+            if not out_of_memory(e):
+                raise
+            error = first_line(e)[:300]  # (not e: its traceback holds the reference's tensors)
+        if error is not None:  # (out of the handler, so that those tensors are freed before memory is measured)
+            return StageResult.failed("numerics", "out_of_memory", _reference_out_of_memory(trial, device, error))
     failed = [c for c in checks if not c.ok]
     details = {"trials": [asdict(c) for c in checks],
                "max_error": max(c.max_error for c in checks),
@@ -147,6 +156,15 @@ def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch
                                   "or adversarial logits fail, so keys or blocks whose weight is small on random "
                                   "data are being skipped or approximated. Process every unmasked key.", **details)
     return StageResult.failed("numerics", "wrong_output", _summary(first, failed, checks), **details)
+
+
+def _reference_out_of_memory(trial: Trial, device: str, error: str) -> str:
+    if device == "cuda":
+        torch.cuda.empty_cache()  # this process's cached blocks back, so that what stays held is others'
+    return (f"the GPU ran out of memory in the verifier's own reference for trial {trial.id} ({trial.purpose}, "
+            f"{trial.shape.label()}), in the verifier's process, not the kernel's{who_holds_it(device)}. The "
+            f"kernel's output was not judged. If other work shares this GPU, verify again once it is free. The "
+            f"error: {error}")
 
 
 def _summary(first: TrialCheck, failed: list[TrialCheck], checks: list[TrialCheck]) -> str:
