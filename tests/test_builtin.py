@@ -781,8 +781,12 @@ def test_the_persistent_gluon_kernel_deals_query_tiles_by_their_work(specs, tmp_
     round_robin = [sum(work(t) for t in range(p, tiles, 24)) for p in range(24)]
     assert max(loads) / (sum(loads) / 24) < 1.07 < max(round_robin) / (sum(round_robin) / 24)
     assert [len(mine) for mine in per_tile] == [1] * tiles
-    assert [mine[0] for mine in per_tile] == [(first + h) * n_m + m for first in range(0, 32, 4)
-                                              for m in reversed(range(n_m)) for h in range(4)]
+    assert [mine[0] for mine in per_tile] == dealing_order(2 * 16, n_m)
+
+
+def dealing_order(heads: int, n_m: int) -> list[int]:
+    """The schedule's order of query tiles (batch * H + head) * n_m + block: heaviest block first, 4 heads at a time."""
+    return [(first + h) * n_m + m for first in range(0, heads, 4) for m in reversed(range(n_m)) for h in range(4)]
 
 
 def least_loaded_deal(work: list[int], order: list[int], programs: int) -> list[list[int]]:
@@ -810,8 +814,7 @@ def test_the_persistent_gluon_kernel_evens_out_what_whole_tiles_leave(specs, tmp
         print(json.dumps([tiles[offsets[p]:offsets[p + 1]].tolist() for p in range({programs})]))
     """, tmp_path)
     work = [33 if tile < H * n_m else 25 for tile in range(B * H * n_m)]  # the listed blocks plus one
-    order = [(first + rank % 4) * n_m + n_m - 1 - rank // 4 for first in range(0, B * H, 4) for rank in range(4 * n_m)]
-    dealt = least_loaded_deal(work, order, programs)
+    dealt = least_loaded_deal(work, dealing_order(B * H, n_m), programs)
     balance = lambda lists: max(loads := [sum(work[t] for t in mine) for mine in lists]) / (sum(loads) / programs)  # noqa: E731
     assert sorted(t for mine in found for t in mine) == list(range(B * H * n_m))
     assert [len(mine) for mine in found] == [len(mine) for mine in dealt]

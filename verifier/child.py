@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from verifier import every_row, guards
-from verifier.gpu_memory import first_line, out_of_memory, who_holds_it
+from verifier.gpu_memory import first_line, out_of_memory, ran_out_in_own_work
 from verifier.guards import CallWatch, guarded
 from verifier.problem import DTYPES, Shape
 from verifier.spec import SpecFiles, load_spec
@@ -108,10 +108,8 @@ class OutOfMemoryInCheck(RuntimeError):
 
     @classmethod
     def on(cls, trial: Trial, device: str, error: str) -> "OutOfMemoryInCheck":
-        where = f"trial {trial.id} ({trial.purpose}, {trial.shape.label()})"
-        return cls(f"the GPU ran out of memory in the verifier's own work on {where} (its inputs or the check of "
-                   f"the output, not the kernel's call){who_holds_it(device)}. If other work shares this GPU, verify "
-                   f"again once it is free. The error: {error}")
+        return cls(ran_out_in_own_work(f"work on trial {trial.label()} (its inputs or the check of the output, not "
+                                       f"the kernel's call)", device, error))
 
 
 def _refusal(exc: BaseException | None, depth: int = 0) -> guards.Refused | None:
@@ -323,7 +321,7 @@ def run_check(job: dict, channel: Channel, fn, buffers) -> None:
         trial = Trial.from_dict(data)
         # the first call compiles; later calls may compile new specialisations, but far less
         # (as may a past-limits trial: the first with so many heads, a new specialisation)
-        channel.phase(f"{trial.id} ({trial.purpose}, {trial.shape.label()})",
+        channel.phase(trial.label(),
                       limit="compile" if i == 0 or trial.sample else "call")
         channel.record(checker.run(trial))
 

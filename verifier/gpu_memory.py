@@ -26,5 +26,11 @@ def who_holds_it(device: str) -> str:
             f"processes {others / GB:.1f} GB")
 
 
+def ran_out_in_own_work(work: str, device: str, error: str) -> str:
+    """What to say when the verifier's own `work` (not the kernel's call) ran out of GPU memory."""
+    return (f"the GPU ran out of memory in the verifier's own {work}{who_holds_it(device)}. If other work shares "
+            f"this GPU, verify again once it is free. The error: {error}")
+
+
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from verifier import every_row, reference
-from verifier.gpu_memory import first_line, out_of_memory, who_holds_it
+from verifier.gpu_memory import first_line, out_of_memory, ran_out_in_own_work
 from verifier.spec import Spec
 from verifier.suite import Trial, make_inputs, sampled_inputs
 from verifier.verdict import StageResult
@@ -161,10 +161,8 @@ def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch
 def _reference_out_of_memory(trial: Trial, device: str, error: str) -> str:
     if device == "cuda":
         torch.cuda.empty_cache()  # this process's cached blocks back, so that what stays held is others'
-    return (f"the GPU ran out of memory in the verifier's own reference for trial {trial.id} ({trial.purpose}, "
-            f"{trial.shape.label()}), in the verifier's process, not the kernel's{who_holds_it(device)}. The "
-            f"kernel's output was not judged. If other work shares this GPU, verify again once it is free. The "
-            f"error: {error}")
+    return ran_out_in_own_work(f"reference for trial {trial.label()}, in the verifier's process, not the kernel's "
+                               f"(whose output was not judged)", device, error)
 
 
 def _summary(first: TrialCheck, failed: list[TrialCheck], checks: list[TrialCheck]) -> str:

@@ -44,6 +44,10 @@ class Trial:
     # (verifier.past_limits); empty: every one
     sample: tuple[tuple[int, int], ...] = ()
 
+    def label(self) -> str:
+        """'t17 (sampled, B2 H174848 N48x53 D128)': the trial as progress and messages name it."""
+        return f"{self.id} ({self.purpose}, {self.shape.label()})"
+
     def sampled_heads(self) -> tuple[list[int], list[int]]:
         """The sample's batch indices and head indices, as two lists."""
         return [b for b, _ in self.sample], [h for _, h in self.sample]
