@@ -6,6 +6,9 @@ here through the functions that judge their records, and for real in test_gpu_ve
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +22,9 @@ from verifier.static import check_source
 from verifier.suite import RotatingInputs, Trial, make_inputs
 from verifier.verdict import REASONS, Metrics
 from verifier.verify import timing_stage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from wall_clock_under_load import judge  # noqa: E402
 
 CHEATS = [  # fixture file, reason code, the stage that must catch it
     ("cached_output.py", "cached_output", "numerics"),
@@ -226,8 +232,9 @@ def test_work_the_events_cannot_see_is_side_stream():
     assert "verify again on an idle one" in result.message  # what a user on a shared GPU can do about it
 
 
-def scripted_passes(idle: list[float], busy: list[float]):
-    """Pass timings in ms a step, handed out in order, and the order the passes ran in."""
+def scripted_passes(idle: list[float], busy: list[float], control: list[tuple[float, float]] = ()):
+    """Pass timings in ms a step (a control pass's: and its kernel's ms), handed out in order, and the order the
+    passes ran in."""
     ran = []
 
     def next_of(kind, times):
@@ -236,23 +243,23 @@ def scripted_passes(idle: list[float], busy: list[float]):
             return times[sum(k == kind for k in ran) - 1]
         return one_pass
 
-    return next_of("idle", idle), next_of("busy", busy), ran
+    return next_of("idle", idle), next_of("busy", busy), next_of("control", list(control)), ran
 
 
 def test_the_wall_clock_check_looks_again_while_it_disagrees_and_only_then():
     """Other processes' kernels come and go in a device-wide synchronize: an honest 0.020 ms kernel that measured
     0.4 ms over its first two busy passes passes on a later one. Where the first two agree, no more run; idle
     passes all run before the busy ones (so that the last outputs follow the last values)."""
-    idle, busy, ran = scripted_passes([1.0, 1.1], [1.41, 1.43, 1.39, 1.02, 1.0, 1.0])
+    idle, busy, _, ran = scripted_passes([1.0, 1.1], [1.41, 1.43, 1.39, 1.02, 1.0, 1.0])
     assert timing.cross_checked_wall_ms(idle, busy, events_ms=0.020) == pytest.approx(0.02)
     assert ran == ["idle"] * 2 + ["busy"] * 4
-    idle, busy, ran = scripted_passes([1.0, 1.0], [1.03, 1.02, 1.0])
+    idle, busy, _, ran = scripted_passes([1.0, 1.0], [1.03, 1.02, 1.0])
     assert timing.cross_checked_wall_ms(idle, busy, events_ms=0.020) == pytest.approx(0.02)
     assert ran == ["idle"] * 2 + ["busy"] * 2
 
 
 def test_work_hidden_from_the_events_is_in_every_pass_so_more_passes_never_clear_it():
-    idle, busy, ran = scripted_passes([1.0, 1.0], [1.9, 1.6, 1.7, 1.55, 1.8, 1.6, 1.0])  # 0.55 ms hidden at least
+    idle, busy, _, ran = scripted_passes([1.0, 1.0], [1.9, 1.6, 1.7, 1.55, 1.8, 1.6, 1.0])  # 0.55 ms hidden at least
     wall = timing.cross_checked_wall_ms(idle, busy, events_ms=0.020)
     assert wall == pytest.approx(0.55) and not timing.wall_clock_agrees(0.020, wall)
     assert ran.count("busy") == timing.WALL_PASSES_AT_MOST  # and no further: the seventh pass never ran
@@ -312,3 +319,49 @@ def test_a_timed_output_of_values_the_inputs_held_earlier_is_cached_output(verif
 def test_a_timed_call_that_hands_back_a_held_output_is_aliasing():
     result = probes.gpu_integrity(profile(), profile(), 0, 1 << 26, 1 << 20, False, reused_outputs=3)
     assert (result.ok, result.reason, result.stage) == (False, "output_aliases_input", "gpu integrity")
+
+
+def test_what_other_users_of_the_gpu_add_to_a_control_kernel_comes_off_the_wall_clock():
+    """Three other processes on the GPU add about 0.38 ms to every synchronised step that launches a kernel, in
+    every pass (the fortieth session's noop kernel, 0.019 ms by its events, measured 0.339 ms a call after six
+    passes). A control pass steps a trusted kernel of the call's length: what its steps take beyond that kernel is
+    the other users' share, and comes off. Each control pass runs before a busy one, from the third on."""
+    idle, busy, control, ran = scripted_passes([1.0, 1.0], [1.40, 1.41, 1.40], [(1.40, 0.02)])
+    wall = timing.cross_checked_wall_ms(idle, busy, 0.020, control)
+    assert wall == pytest.approx(0.02) and timing.wall_clock_agrees(0.020, wall)
+    assert ran == ["idle"] * 2 + ["busy"] * 2 + ["control", "busy"]
+
+
+def test_work_hidden_from_the_events_stays_in_when_the_gpu_is_shared():
+    """The control pass runs none of the candidate's code: 0.55 ms of hidden work a call is still there after the
+    other users' 0.38 ms comes off, in every pass."""
+    idle, busy, control, ran = scripted_passes([1.0, 1.0], [1.95, 1.93] * 3, [(1.40, 0.02), (1.45, 0.02)] * 2)
+    wall = timing.cross_checked_wall_ms(idle, busy, 0.020, control)
+    assert wall == pytest.approx(0.55) and not timing.wall_clock_agrees(0.020, wall)
+    assert ran.count("busy") == timing.WALL_PASSES_AT_MOST and ran.count("control") == timing.WALL_PASSES_AT_MOST - 2
+    idle, busy, control, _ = scripted_passes([1.0, 1.0], [1.57] * 6, [(1.02, 0.02)] * 4)  # an idle GPU: nothing off
+    assert timing.cross_checked_wall_ms(idle, busy, 0.020, control) == pytest.approx(0.57)
+
+
+
+def test_the_under_load_tool_judges_hidden_work_only_where_the_events_missed_it():
+    """tools/wall_clock_under_load.py (run on a GPU): a hidden matmul that holds every SM makes the caller's next
+    kernel wait, and then the events take in its time; such a measurement agrees, rightly, and is not counted as
+    hidden. An honest call that disagrees with the control pass fails the tool, as does hidden work let through."""
+    def row(call, control, events_ms, wall_ms):
+        return {"call": call, "control": control, "events_ms": events_ms, "wall_ms": wall_ms,
+                "agrees": timing.wall_clock_agrees(events_ms, wall_ms)}
+    measured = [row("honest", True, 0.02, 0.0), row("honest", False, 0.02, 0.10), row("hidden", True, 0.045, 1.61),
+                row("hidden", False, 0.043, 1.63), row("hidden", True, 1.50, 1.72)]
+    assert judge(measured) == (True, 2, 2)
+    assert judge(measured + [row("honest", True, 0.02, 0.34)])[0] is False
+    assert judge(measured + [row("hidden", True, 0.045, 0.2)]) == (True, 2, 3)  # 0.2 ms hidden: within the slack
+
+
+def test_replacing_the_control_kernel_is_tampering(monkeypatch):
+    """The control pass spins with torch's function as the verifier took it at import; a candidate that swapped it
+    for a slower one would make other users' share look larger, and is caught by the tamper watch."""
+    from verifier import guards
+    before = guards.measuring_functions()
+    monkeypatch.setattr(timing, "_SPIN_CYCLES", lambda cycles: None)
+    assert guards.changed_functions(before) == ["verifier.timing._SPIN_CYCLES"]

@@ -99,6 +99,16 @@ def test_side_stream(gpu_verifier):
     assert reason(gpu_verifier().verify(kernel_file("side_stream.py"))) == ("side_stream", "gpu integrity")
 
 
+def test_work_hidden_from_the_profiler_and_the_events_is_caught_by_the_wall_clock(gpu_verifier):
+    """A kernel on a private stream except while a profiler watches: the profiled calls are clean, so the wall
+    clock is what catches it (its control pass removes only what a trusted kernel of the events' length waited).
+    A shape where the hidden work is well past the check's 0.25 ms of slack a call."""
+    verdict = gpu_verifier("noop", Shape(2, 8, 8, 4096, 4096, 64)).verify(kernel_file("side_stream_unprofiled.py"))
+    assert reason(verdict) == ("side_stream", "timing"), verdict.message
+    timing = verdict.failed_stage.details["timing"]
+    assert timing["wall_ms"] > 1.5 * timing["ms"] + 0.25
+
+
 def test_multiple_kernels_only_when_a_single_kernel_is_required(gpu_verifier):
     source = kernel_file("two_launches.py")
     assert reason(gpu_verifier(require_single_kernel=True).verify(source)) == ("multiple_kernels", "gpu integrity")

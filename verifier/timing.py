@@ -17,9 +17,13 @@ L2_FLUSH_BYTES = 256 << 20  # larger than any current GPU's L2
 WALL_SLACK_MS, WALL_FACTOR = 0.25, 1.5  # how far a synchronised wall clock may exceed the events per call
 # Busy passes of the wall-clock cross-check at most. Two always run; more only while the wall clock disagrees
 # with the events. Other processes' kernels on the GPU count in a device-wide synchronize: with three other test
-# processes verifying on one H100, an honest 0.020 ms kernel measured 0.409 ms a call (thirty-seventh session).
-# Their work comes and goes; work hidden from the events is in every pass, so more passes never clear it.
+# processes verifying on one H100, an honest 0.020 ms kernel measured 0.409 ms a call (thirty-seventh session) and
+# 0.339 ms after six passes (fortieth). Their work comes and goes; work hidden from the events is in every pass, so
+# more passes never clear it. From the third pass on, each busy pass follows a control pass (`_control_ms`).
 WALL_PASSES_AT_MOST = 6
+# The control's GPU work: a kernel that spins for a number of clock cycles, taken at import, before any candidate
+# code runs (so that a candidate that replaces torch's function does not replace the control). CUDA builds only.
+_SPIN_CYCLES = getattr(torch._C, "_cuda_sleep", None)
 
 
 def wall_clock_agrees(events_ms: float, wall_ms: float) -> bool:
@@ -79,25 +83,67 @@ def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, 
         wall_calls = max(3, min(calls, 50))
         wall_ms = cross_checked_wall_ms(lambda: _wall_ms(lambda i: before(i % sets), wall_calls),
                                         lambda: _wall_ms(lambda i: (before(i % sets), call(i % sets)), wall_calls),
-                                        median)
+                                        median, lambda: _control_ms(lambda i: before(i % sets), median, wall_calls))
     p10, p90 = samples[len(samples) // 10], samples[(len(samples) * 9) // 10]
     return Timing(ms=median, ms_min=samples[0], spread=(p90 - p10) / median if median else 0.0, calls=calls,
                   wall_ms=wall_ms, samples=samples)
 
 
-def cross_checked_wall_ms(idle_pass: Callable[[], float], busy_pass: Callable[[], float], events_ms: float) -> float:
+def cross_checked_wall_ms(idle_pass: Callable[[], float], busy_pass: Callable[[], float], events_ms: float,
+                          control_pass: Callable[[], tuple[float, float]] | None = None) -> float:
     """A call's wall time beyond the verifier's own work between calls: the lowest busy pass less the lowest idle
     one (each pass: ms a step, synchronised). Noise (the host, other processes) only adds time, and work hidden
     from the events is in every pass, so the lowest keeps the check. Two passes of each; then up to
-    WALL_PASSES_AT_MOST busy passes while the result disagrees with `events_ms`. Busy last, so that the last
-    outputs follow the last values."""
+    WALL_PASSES_AT_MOST busy passes while the result disagrees with `events_ms`, each after a control pass.
+
+    A control pass (ms a step, and the control kernel's own ms by its events) steps as a busy pass does with a
+    trusted kernel of the call's length in the call's place. What a step waits beyond that kernel's own time is
+    what the GPU's other users cost a kernel launched there, and comes off the busy pass: work hidden from the
+    events is the candidate's alone, and stays in. Busy last, so that the last outputs follow the last values."""
     idle = min(idle_pass() for _ in range(2))
     busy = min(busy_pass() for _ in range(2))
+    shared = 0.0  # what other users of the GPU added to a kernel's step, by the lowest control pass
+    control = float("inf")
     for _ in range(WALL_PASSES_AT_MOST - 2):
-        if wall_clock_agrees(events_ms, max(busy - idle, 0.0)):
+        if wall_clock_agrees(events_ms, max(busy - idle - shared, 0.0)):
             break
+        if control_pass is not None:
+            step_ms, kernel_ms = control_pass()
+            control = min(control, step_ms - kernel_ms)
+            shared = max(control - idle, 0.0)
         busy = min(busy, busy_pass())
-    return max(busy - idle, 0.0)
+    return max(busy - idle - shared, 0.0)
+
+
+def _control_ms(before: Callable[[int], object], kernel_ms: float, n: int) -> tuple[float, float]:
+    """A control pass for `cross_checked_wall_ms`: n synchronised steps of `before` and a spin of about kernel_ms
+    on the current stream, timed by its events. Returns ms a step and the spin's median ms. With no spin kernel
+    (a CPU build) the step is `before` alone, which removes nothing."""
+    if _SPIN_CYCLES is None:
+        return _wall_ms(before, n), 0.0
+    cycles = int(kernel_ms * _spin_cycles_per_ms())
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+
+    def step(i: int):
+        before(i)
+        starts[i].record()
+        _SPIN_CYCLES(cycles)
+        ends[i].record()
+
+    step_ms = _wall_ms(step, n)
+    return step_ms, statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def _spin_cycles_per_ms() -> float:
+    """Clock cycles a millisecond of the spin kernel takes now (the clock moves with power and heat)."""
+    cycles = 200_000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    _SPIN_CYCLES(cycles)
+    end.record()
+    end.synchronize()
+    return cycles / max(start.elapsed_time(end), 1e-3)
 
 
 def _one_call_ms(call, flush) -> float:

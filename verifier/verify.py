@@ -321,8 +321,9 @@ def timing_stage(record: dict, metrics: Metrics, baseline: Baseline | None) -> S
         return StageResult.failed("timing", "side_stream",
                                   f"events on the caller's stream measured {t['ms']:.3f} ms per call but a "
                                   f"synchronised wall clock measured {t['wall_ms']:.3f} ms: work ran where the "
-                                  f"caller's stream cannot see it. Other processes' work on this GPU counts in the "
-                                  f"wall clock too: if the GPU was shared, verify again on an idle one.", **details)
+                                  f"caller's stream cannot see it. What other processes' work on this GPU added to a "
+                                  f"control kernel of the call's length was taken off; if the GPU was shared, verify "
+                                  f"again on an idle one.", **details)
     if baseline and baseline.peak_tflops and metrics.tflops > baseline.peak_tflops * IMPLAUSIBLE_MARGIN:
         return StageResult.failed("timing", "implausible_speed",
                                   f"{metrics.tflops:.0f} TFLOP/s exceeds this GPU's measured matmul peak of "
