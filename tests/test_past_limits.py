@@ -215,8 +215,7 @@ def test_a_reference_out_of_memory_even_a_head_at_a_time_is_said_and_not_raised(
     assert (stage.ok, stage.reason) == (False, "out_of_memory")
     assert "own reference for trial tx (sampled, " in stage.message and "verify again" in stage.message
     assert str(error).split(".")[0] in stage.message
-    if isinstance(error, torch.OutOfMemoryError):  # torch's own error: fewer heads tried, down to one
-        assert calls[1:] == [8, 2, 1]
+    assert calls[1:] == [8, 2, 1]  # fewer heads tried, down to one, for torch's error and cuBLAS's alike
 
 
 def test_the_memory_pressure_tool_counts_the_chunks_that_ran_and_puts_the_helper_back(specs, monkeypatch):

@@ -99,28 +99,39 @@ def test_chunking_gives_the_same_answer(specs, monkeypatch, name):
     assert reference.mask_density(spec, shape) == pytest.approx(dense_density(spec, shape), abs=1e-12)
 
 
-def out_of_memory_past(rows: int, calls: list):
+def torch_out_of_memory(rows: int) -> Exception:
+    return torch.OutOfMemoryError(f"CUDA out of memory (a stand-in for {rows} rows)")
+
+
+def cublas_out_of_memory(rows: int) -> Exception:
+    return RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+
+
+def out_of_memory_past(rows: int, calls: list, error=torch_out_of_memory):
     """torch.matmul as on a GPU whose memory other processes hold: a product over more than `rows` query rows
-    fails as CUDA's allocator does."""
+    fails as CUDA's allocator does (or, with `cublas_out_of_memory`, as cuBLAS does when its workspace cannot be
+    had)."""
     matmul = torch.matmul
 
     def limited(a, b):
         calls.append(a.shape[-2])
         if a.shape[-2] > rows:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (a stand-in for {a.shape[-2]} rows)")
+            raise error(a.shape[-2])
         return matmul(a, b)
     return limited
 
 
-def test_the_reference_takes_smaller_chunks_where_memory_runs_out(specs, monkeypatch):
+@pytest.mark.parametrize("error", [torch_out_of_memory, cublas_out_of_memory])
+def test_the_reference_takes_smaller_chunks_where_memory_runs_out(specs, monkeypatch, error):
     """With three other test processes verifying on one H100, the reference's chunk failed to allocate and the
-    verification ended in a traceback: now it goes on in smaller chunks, to the same answer."""
+    verification ended in a traceback: now it goes on in smaller chunks, to the same answer, whether torch's
+    allocator or cuBLAS's workspace ran out."""
     spec = load_spec(SpecFiles(str(specs / "rel_pos.py")))
     shape = Shape(2, 2, 2, 50, 70, 16)
     q, k, v = inputs(shape)
     whole = reference.exact(q, k, v, spec, None, shape)
     calls = []
-    monkeypatch.setattr(torch, "matmul", out_of_memory_past(5, calls))
+    monkeypatch.setattr(torch, "matmul", out_of_memory_past(5, calls, error))
     torch.testing.assert_close(reference.exact(q, k, v, spec, None, shape), whole, rtol=1e-12, atol=1e-12)
     assert calls[0] == 50 and max(c for c in calls if c <= 5) == 3  # 50 rows, then 12, then 3 at a time
 
@@ -132,6 +143,17 @@ def test_the_reference_gives_up_when_one_row_does_not_fit(specs, monkeypatch):
     monkeypatch.setattr(torch, "matmul", out_of_memory_past(0, []))
     with pytest.raises(torch.OutOfMemoryError):
         reference.exact(q, k, v, spec, None, shape)
+
+
+def test_the_reference_does_not_retry_an_error_that_is_not_memory(specs, monkeypatch):
+    spec = load_spec(SpecFiles(str(specs / "causal.py")))
+    shape = Shape(1, 2, 2, 40, 40, 16)
+    q, k, v = inputs(shape)
+    calls = []
+    monkeypatch.setattr(torch, "matmul", out_of_memory_past(0, calls, lambda rows: ValueError("not memory")))
+    with pytest.raises(ValueError, match="not memory"):
+        reference.exact(q, k, v, spec, None, shape)
+    assert calls == [40]  # the first chunk only: no smaller one was tried
 
 
 def dense_density(spec, shape: Shape) -> float:

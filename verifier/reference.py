@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from verifier import gpu_memory
 from verifier.spec import Spec, index_grid
 
 CHUNK_BYTES = {"cuda": 1 << 29, "cpu": 1 << 27}  # score bytes per chunk; temporaries take a few more
@@ -45,17 +46,18 @@ def _attend(q, k, v, spec: Spec, scale, shape, compute: torch.dtype, round_p_to,
 
 
 def in_shrinking_chunks(total: int, size: int, work):
-    """(start, stop, work(start, stop)) over 0..total, `size` at a time. A chunk that runs out of GPU memory is
-    tried again at a quarter of its size, down to one: where other processes hold the GPU's memory (test processes
-    sharing one GPU, a training job beside kgen), smaller chunks give the same answer."""
+    """(start, stop, work(start, stop)) over 0..total, `size` at a time. A chunk that runs out of GPU memory
+    (torch's allocator, or cuBLAS's workspace: `gpu_memory.out_of_memory`) is tried again at a quarter of its size,
+    down to one: where other processes hold the GPU's memory (test processes sharing one GPU, a training job beside
+    kgen), smaller chunks give the same answer. Any other error raises at once."""
     start = 0
     while start < total:
         stop = min(start + size, total)
         failed = False
         try:
             result = work(start, stop)
-        except torch.OutOfMemoryError:
-            if stop - start == 1:
+        except Exception as exc:
+            if not gpu_memory.out_of_memory(exc) or stop - start == 1:
                 raise
             failed = True
         if failed:  # (out of the handler, whose traceback holds the failed chunk's tensors)
