@@ -343,7 +343,6 @@ def test_work_hidden_from_the_events_stays_in_when_the_gpu_is_shared():
     assert timing.cross_checked_wall_ms(idle, busy, 0.020, control) == pytest.approx(0.57)
 
 
-
 def test_the_under_load_tool_judges_hidden_work_only_where_the_events_missed_it():
     """tools/wall_clock_under_load.py (run on a GPU): a hidden matmul that holds every SM makes the caller's next
     kernel wait, and then the events take in its time; such a measurement agrees, rightly, and is not counted as

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,7 +35,7 @@ LOAD = ("import time, torch\n"
         "    torch.cuda.synchronize()\n")
 
 
-def calls() -> dict[str, callable]:
+def calls() -> dict[str, Callable[[], object]]:
     """The honest call and the one that hides a matmul from the caller's stream."""
     q, k, v = (torch.randn(2, 8, 1024, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
