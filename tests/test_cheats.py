@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kernels import kernel_file
-from verifier import probes, timing
+from verifier import guards, probes, timing
 from verifier.baseline import Baseline
 from verifier.child import bad_output_reason
 from verifier.problem import Shape
@@ -360,7 +360,6 @@ def test_the_under_load_tool_judges_hidden_work_only_where_the_events_missed_it(
 def test_replacing_the_control_kernel_is_tampering(monkeypatch):
     """The control pass spins with torch's function as the verifier took it at import; a candidate that swapped it
     for a slower one would make other users' share look larger, and is caught by the tamper watch."""
-    from verifier import guards
     before = guards.measuring_functions()
     monkeypatch.setattr(timing, "_SPIN_CYCLES", lambda cycles: None)
     assert guards.changed_functions(before) == ["verifier.timing._SPIN_CYCLES"]
