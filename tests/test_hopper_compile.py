@@ -9,10 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from hopper_compile import compile_builtin, compiled_builtin, exponentials_under_pv, facts, main  # noqa: E402
+from hopper_compile import (SHARED_LIMIT, compile_builtin, compiled_builtin, exponentials_under_pv, facts,  # noqa: E402
+                            main)
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
+from benchmarks.bench import load_module  # noqa: E402
 from verifier.sass import sass_listing  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
 
@@ -327,3 +329,33 @@ def test_a_dilated_mask_at_ragged_lengths_compiles_with_two_descriptors_a_tensor
     assert len(ragged["matmul_loop_instructions"]) == len(even["matmul_loop_instructions"])
     for loop_even, loop_ragged in zip(even["matmul_loop_instructions"], ragged["matmul_loop_instructions"]):
         assert loop_ragged <= 1.02 * loop_even
+
+
+def test_a_persistent_dense_gluon_kernel_reading_q_from_shared_memory_has_a_second_q_slot(specs):
+    """At 128-key blocks of D=128 (Q read from shared memory) a persistent program of plain attention keeps two Q
+    slots a consumer, so that the loader fills the next tile's a tile ahead of its first QK^T: 32 KB more shared
+    memory, within the 232,448 bytes a block may have on an H100, and the key loops as before (no spills, a wgmma
+    in flight). One slot a program per tile, with Q in registers, or in a block map's kernel (key padding, where
+    two were timed level or slower)."""
+    noop = str(specs / "noop.py")
+    two = compile_builtin(noop, KernelConfig(128, 128, 4, 2, gluon=True, persistent=True), head_dim=128)
+    one = compile_builtin(noop, KernelConfig(128, 128, 4, 2, gluon=True), head_dim=128)
+    assert two["fits_shared_memory"] and two["shared_bytes"] - one["shared_bytes"] >= 2 * 128 * 128
+    assert two["matmul_loop_spill_instructions"] == 0 and two["partial_wgmma_waits"] > 0
+    assert not two["wgmma_serialized"]
+    slots = {}
+    for spec_name in ("noop", "key_padding"):
+        spec = load_spec(SpecFiles(str(specs / f"{spec_name}.py")))
+        for label in ("BM128 BN128 w4 s2 gluon persistent", "BM128 BN128 w4 s2 gluon",
+                      "BM128 BN64 w4 s4 gluon persistent"):
+            with tempfile.TemporaryDirectory() as tmp:
+                module = load_module(render_kernel(spec.name, lower_spec(spec), KernelConfig.from_label(label)),
+                                     Path(tmp))
+                slots[spec_name, label] = (module._q_slots(128, None, SHARED_LIMIT),
+                                           module._q_slots(64, None, SHARED_LIMIT))
+    assert slots == {("noop", "BM128 BN128 w4 s2 gluon persistent"): (2, 1),
+                     ("noop", "BM128 BN128 w4 s2 gluon"): (1, 1),
+                     ("noop", "BM128 BN64 w4 s4 gluon persistent"): (1, 1),
+                     ("key_padding", "BM128 BN128 w4 s2 gluon persistent"): (1, 1),
+                     ("key_padding", "BM128 BN128 w4 s2 gluon"): (1, 1),
+                     ("key_padding", "BM128 BN64 w4 s4 gluon persistent"): (1, 1)}

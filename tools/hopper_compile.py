@@ -148,7 +148,7 @@ def _compile_gluon(module, cfg: KernelConfig, spec, head_dim: int, dtype: str, e
     # a dilated mask's kernel with its residue classes apart (P), at lengths they divide unless not even_kv
     constants = dict(BMH=rows, BN=cfg.block_n, D=head_dim, STAGES=cfg.num_stages, EVEN_KV=even_kv,
                      SCALE_POSITIVE=True, REGS=module.CONSUMER_REGISTERS, LIGHT=light, APART=apart,
-                     P=getattr(module, "RESIDUES", 1))
+                     P=getattr(module, "RESIDUES", 1), Q_SLOTS=module._q_slots(head_dim, None, SHARED_LIMIT))
     constants = {name: value for name, value in constants.items() if name in module._attn_fwd.arg_names}
     signature = dict(zip(["q_desc", "k_desc", "v_desc", "o_desc"], map(mangle_type, descs)))
     if "P" in constants:
