@@ -218,6 +218,33 @@ def test_a_reference_out_of_memory_even_a_head_at_a_time_is_said_and_not_raised(
     assert calls[1:] == [8, 2, 1]  # fewer heads tried, down to one, for torch's error and cuBLAS's alike
 
 
+def test_the_candidates_process_hands_back_the_gpu_memory_of_a_past_limits_trial_after_it(tmp_path, monkeypatch):
+    """On an H100 running three verifications, candidate processes held 22 GB each after their past-limits trial
+    and the others' trials ran out of memory: the child empties torch's cache after a sampled trial, on a GPU only,
+    before the next trial runs."""
+    from verifier import child
+    events = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("emptied"))
+    past = sampled_trial(Shape(batch=2, heads=6, kv_heads=6, seq_len=5, kv_seq_len=7, head_dim=16), [(0, 0)])
+    plain = build_suite(SMALL, interpreted=True)[0]
+    for trial, device in [(plain, "cuda"), (past, "cpu"), (past, "cuda:0")]:
+        child.hand_back_cached_memory(trial, device)
+    assert events == ["emptied"]  # the sampled trial on the GPU only
+
+    class Channel:
+        def phase(self, name, limit="call", scale=1.0):
+            events.append(name)
+
+        def record(self, data):
+            pass
+    handed = []
+    monkeypatch.setattr(child, "hand_back_cached_memory", lambda trial, device: handed.append((trial.id, device)))
+    job = {"device": "cpu", "run_dtype": "fp16", "kernel": str(tmp_path / "kernel.py"), "out_dir": str(tmp_path),
+           "trials": [plain.to_dict(), past.to_dict()]}
+    child.run_check(job, Channel(), lambda q, k, v, scale=None: torch.zeros_like(q), {})
+    assert handed == [(plain.id, "cpu"), (past.id, "cpu")]  # after every trial, the helper deciding
+
+
 def test_the_memory_pressure_tool_counts_the_chunks_that_ran_and_puts_the_helper_back(specs, monkeypatch):
     """tools/reference_under_memory_pressure.py (run on a GPU) says which chunk sizes ran: here, through the same
     stand-in for CUDA's allocator as above, 12 heads fail, then 3 run at a time."""
