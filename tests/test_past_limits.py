@@ -219,8 +219,8 @@ def test_a_reference_out_of_memory_even_a_head_at_a_time_is_said_and_not_raised(
 
 
 def test_the_candidates_process_hands_back_the_gpu_memory_of_a_past_limits_trial_after_it(tmp_path, monkeypatch):
-    """On an H100 running three verifications, candidate processes held 22 GB each after their past-limits trial
-    and the others' trials ran out of memory: the child empties torch's cache after a sampled trial, on a GPU only,
+    """On an H100 running three verifications, two candidates' processes held 22 GB each while the third's
+    past-limits trial ran out of memory: the child empties torch's cache after a sampled trial, on a GPU only,
     before the next trial runs."""
     from verifier import child
     events = []
@@ -233,7 +233,7 @@ def test_the_candidates_process_hands_back_the_gpu_memory_of_a_past_limits_trial
 
     class Channel:
         def phase(self, name, limit="call", scale=1.0):
-            events.append(name)
+            pass
 
         def record(self, data):
             pass

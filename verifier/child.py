@@ -330,8 +330,8 @@ def run_check(job: dict, channel: Channel, fn, buffers) -> None:
 def hand_back_cached_memory(trial: Trial, device: str) -> None:
     """After a past-limits trial (a sampled one, whose q, k, v and output are 4 GB each) the GPU memory torch's
     allocator cached for it goes back to the device: the trials and timing after it need a small part of it, and
-    other processes on the GPU need the rest. Held on to, it was 22 GB a candidate process (an H100 running three
-    verifications: the others' trials then ran out of memory)."""
+    other processes on the GPU need the rest. (On an H100 running three verifications, two candidates' processes
+    held 22 GB each while the third's past-limits trial ran out of memory.)"""
     if trial.sample and torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
 
