@@ -177,7 +177,8 @@ def refinements(tried: dict[KernelConfig, float | None],
 def descriptor_shared_bytes(cfg: KernelConfig, head_dim: int, element_bytes: int = 2) -> int | None:
     """Shared memory a tensor-descriptor config stages: the Q tile and `num_stages` K and V tiles (what Triton 3.6
     allocates on sm_90, to within a few hundred bytes), and for the Gluon kernel an output tile as well. None for
-    pointer loads, which Triton stages differently."""
+    pointer loads, which Triton stages differently. The Gluon kernel's own `_q_slots` (a standalone file: it cannot
+    call this) adds a second Q tile only where that still fits, so this is the least a config needs."""
     if not (cfg.tma or cfg.gluon):
         return None
     padded = triton.next_power_of_2(max(head_dim, 16))
