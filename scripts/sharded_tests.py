@@ -6,8 +6,9 @@ shard collects the same tests and keeps its share, dealt round-robin in collecti
 the pytest plugin that deals them); each writes its log and JUnit file to --out, and each failure as it
 happens to shardN.failures (pytest prints failures only at its end, which a device call's time limit may not let
 it reach); the exit status is 0 only if every shard passed (or had nothing to run). The processes share the GPU's
-memory too: in three or four of them, trials past the index limits (4 GB tensors) ran others out of it (README,
-"Known limits").
+memory too: their verifications take the GPU's turn for the trial past the index limits (4 GB tensors, which in
+four processes ran others out of memory before turns) and for timing (verifier/gpu_turns.py; README, "Known
+limits"), so a shard can wait for another's.
 
     python scripts/sharded_tests.py --shards 4 --out $OUT -- tests/test_gpu_verifier.py -p no:logging
 

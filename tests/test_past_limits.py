@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import torch
 from kernels import flash_source
 from verifier import every_row, numerics, reference
 from verifier.child import fingerprint, saved_output
+from verifier.gpu_turns import Turns
 from verifier.past_limits import (GRID_AXIS_LIMIT, INT32_ELEMENTS, input_bytes, past_limits_shape,
                                   past_limits_trial, sample_heads)
 from verifier.problem import Problem, Shape
+from verifier.sandbox import Limits
 from verifier.spec import SpecFiles, covers, load_spec
 from verifier.suite import Trial, build_suite, make_inputs, sampled_inputs
 from verifier.verify import Verifier, VerifyOptions
@@ -312,6 +315,32 @@ def test_a_kernel_right_at_every_head_passes_the_sampled_trial(sampling_verifier
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     numbers = next(s for s in verdict.stages if s.stage == "numerics")
     assert any(t["shape"] == "B2 H8/4 N17x33 D32" and t["ok"] for t in numbers.details["trials"])
+
+
+def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the_verdict_says_so(tmp_path):
+    """Verifications in other processes on the GPU hold its turn while they run their own past-limits trial (22-32
+    GB a process on an H100): this one's child and its reference wait for it. The wait is its own phase, so the
+    child is not taken for hung at the 3 s deadline of the trial before; and the trial cannot have run before the
+    holder let go, which is why the verification took longer than the hold."""
+    from test_gpu_turns import holder, wait_until_held
+
+    v = verifier_sampling([(0, 1), (1, 6)])
+    v.options = replace(v.options, limits=Limits(compile_s=60.0, call_s=3.0))
+    v.turns = Turns(str(tmp_path / "gpu.lock"))  # (a CPU verifier has none: the GPU's file is named by its UUID)
+    hold_s = 10.0
+    process = holder(tmp_path / "gpu.lock", hold_s)
+    wait_until_held(process)
+    started = time.monotonic()
+    verdict = v.verify(flash_source())
+    assert process.wait(timeout=60) == 0
+    assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
+    assert time.monotonic() - started >= hold_s - 0.5
+    sampled = v.suite[-2].id
+    waits = {w.what: w for w in v.turns.waits}
+    assert waits[f"the trial past the index limits ({sampled})"].had  # in the candidate's process
+    assert waits[f"the reference of {sampled}"].had  # in the verifier's
+    assert any(n.startswith("waited for the GPU's turn") and f"the trial past the index limits ({sampled})" in n
+               for n in verdict.notes)
 
 
 def test_a_kernel_that_reads_another_heads_rows_fails_the_sampled_trial_at_that_head(sampling_verifier):

@@ -18,12 +18,15 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from verifier import every_row, guards
+from verifier import every_row, gpu_turns, guards
 from verifier.gpu_memory import first_line, out_of_memory, ran_out_in_own_work
+from verifier.gpu_turns import WAIT_S, Turns
 from verifier.guards import CallWatch, guarded
 from verifier.problem import DTYPES, Shape
 from verifier.spec import SpecFiles, load_spec
@@ -317,14 +320,30 @@ def fingerprint(t: torch.Tensor) -> tuple[int, int]:
 
 def run_check(job: dict, channel: Channel, fn, buffers) -> None:
     checker = Checker(job, fn, buffers)
+    turns = Turns(job.get("turn_file"), job.get("turn_wait_s", WAIT_S))
     for i, data in enumerate(job["trials"]):
         trial = Trial.from_dict(data)
-        # the first call compiles; later calls may compile new specialisations, but far less
-        # (as may a past-limits trial: the first with so many heads, a new specialisation)
-        channel.phase(trial.label(),
-                      limit="compile" if i == 0 or trial.sample else "call")
-        channel.record(checker.run(trial))
-        hand_back_cached_memory(trial, job["device"])
+        with memory_turn(trial, turns, channel) as wait:
+            # the first call compiles; later calls may compile new specialisations, but far less
+            # (as may a past-limits trial: the first with so many heads, a new specialisation)
+            channel.phase(trial.label(),
+                          limit="compile" if i == 0 or trial.sample else "call")
+            record = checker.run(trial)
+            hand_back_cached_memory(trial, job["device"])  # before the turn passes to another process
+        if wait is not None:
+            record["turn_wait"] = asdict(wait)
+        channel.record(record)
+
+
+@contextmanager
+def memory_turn(trial: Trial, turns: Turns, channel: Channel):
+    """A past-limits trial (a sampled one: 4 GB tensors, 22 GB this process held on an H100) runs in the GPU's turn
+    (verifier.gpu_turns); yields its wait, or None for any other trial, which runs at once."""
+    if not trial.sample:
+        yield None
+        return
+    with gpu_turns.in_child(turns, channel, f"the trial past the index limits ({trial.id})") as wait:
+        yield wait
 
 
 def hand_back_cached_memory(trial: Trial, device: str) -> None:

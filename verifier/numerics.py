@@ -7,12 +7,14 @@ earlier trial's inputs must reproduce that trial's output.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from verifier import every_row, reference
 from verifier.gpu_memory import first_line, out_of_memory, ran_out_in_own_work
+from verifier.gpu_turns import Turns
 from verifier.spec import Spec
 from verifier.suite import Trial, make_inputs, sampled_inputs
 from verifier.verdict import StageResult
@@ -115,20 +117,26 @@ def compare(trial: Trial, out: torch.Tensor, exact: torch.Tensor, plain: torch.T
                       worst=worst)
 
 
-def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch.dtype, device: str) -> StageResult:
-    """One stage result over the whole suite, with the reason code that best explains any failure."""
+def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch.dtype, device: str,
+          turns: Turns | None = None) -> StageResult:
+    """One stage result over the whole suite, with the reason code that best explains any failure. A sampled
+    trial's reference takes the GPU's turn from `turns` (verifier.gpu_turns): test processes verifying on an H100
+    held up to 32 GB around it."""
     checks: list[TrialCheck] = []
     loaded: dict[str, torch.Tensor] = {}
     for trial in trials:
         saved = torch.load(outputs[trial.id], map_location="cpu")
         loaded[trial.id] = compared_output(saved)
         error = None
-        try:
-            checks.append(check_trial(trial, saved, spec, dtype, device))
-        except Exception as e:  # noqa: BLE001 - the reference's own work; only running out of memory is expected
-            if not out_of_memory(e):
-                raise
-            error = first_line(e)[:300]  # (not e: its traceback holds the reference's tensors)
+        with turns.take(f"the reference of {trial.id}") if trial.sample and turns else nullcontext():
+            try:
+                checks.append(check_trial(trial, saved, spec, dtype, device))
+            except Exception as e:  # noqa: BLE001 - the reference's own work; only running out of memory is expected
+                if not out_of_memory(e):
+                    raise
+                error = first_line(e)[:300]  # (not e: its traceback holds the reference's tensors)
+            if trial.sample and torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()  # its cached memory back to the GPU before the turn passes on
         if error is not None:  # (out of the handler, so that those tensors are freed before memory is measured)
             return StageResult.failed("numerics", "out_of_memory", _reference_out_of_memory(trial, device, error))
     failed = [c for c in checks if not c.ok]

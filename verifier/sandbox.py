@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from verifier.gpu_turns import WAIT_S
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KEEP_ENV = re.compile(r"^(PATH|HOME|USER|LOGNAME|LANG|LC_\w+|TZ|TMPDIR|TERM|PYTHONPATH|PYTHONHASHSEED|VIRTUAL_ENV|"
                       r"LD_LIBRARY_PATH|CUDA_\w+|NVIDIA_\w+|TRITON_\w+|CC|CXX|XDG_CACHE_HOME|TORCH_HOME|"
@@ -31,6 +33,7 @@ TAIL_BYTES = 4000
 class Limits:
     compile_s: float = 300.0  # interpreter start, imports and the first call (where Triton compiles)
     call_s: float = 60.0  # every later call or timing batch
+    turn_s: float = WAIT_S + 60.0  # waiting for the GPU's turn (verifier.gpu_turns), which gives up at WAIT_S
 
 
 @dataclass
@@ -172,7 +175,8 @@ class Child:
             kind = message.get("kind")
             if kind == "phase":
                 self.result.phase = message["phase"]
-                budget = self.limits.compile_s if message.get("limit") == "compile" else self.limits.call_s
+                budget = {"compile": self.limits.compile_s, "turn": self.limits.turn_s}.get(message.get("limit"),
+                                                                                            self.limits.call_s)
                 self.deadline = time.monotonic() + budget * message.get("scale", 1.0)
             elif kind == "record":
                 self.result.records.append(message["data"])

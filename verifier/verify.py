@@ -16,6 +16,7 @@ import torch
 
 from verifier import numerics, probes
 from verifier.baseline import Baseline, measure_baseline
+from verifier.gpu_turns import Turns, Wait, describe, lock_path
 from verifier.past_limits import past_limits_trial
 from verifier.problem import DTYPES, Problem, Shape
 from verifier.reference import mask_density
@@ -70,9 +71,13 @@ class Verifier:
         self.run_dtype = "fp16" if self.interpreted and problem.dtype == "bf16" else problem.dtype
         self.seed = fresh_seed() if self.options.seed is None else self.options.seed  # the one `suite` is drawn from
         self.notes = list(self.spec.notes)
+        # turns on the GPU among verifications in every process: timing, and the trial past the index limits
+        self.turns = Turns(None if self.interpreted else lock_path(problem.device))
         past_limits = None
         if not self.interpreted and self.options.past_limits:
-            past_limits, note = past_limits_trial(problem.shape, lambda s: covers(self.spec, s), _free_gpu_bytes(),
+            with self.turns.take("measuring free memory"):  # not while another process runs that trial
+                free = _free_gpu_bytes()
+            past_limits, note = past_limits_trial(problem.shape, lambda s: covers(self.spec, s), free,
                                                   self.seed + PAST_LIMITS_SEED)
             self.notes.append(note)
         self.suite = build_suite(problem.shape, self.interpreted, past_limits, self.seed)
@@ -118,6 +123,7 @@ class Verifier:
         """Judge `source`. Child files go to `workdir` (kept) or a temporary folder (removed)."""
         started = time.monotonic()
         draw = self.draw()
+        waits_before = len(self.turns.waits)
         owned = workdir is None
         workdir = Path(tempfile.mkdtemp(prefix="kgen-verify-")) if owned else Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +135,9 @@ class Verifier:
             if owned:
                 shutil.rmtree(workdir, ignore_errors=True)
         notes = self.notes + [f"inputs drawn from seed {draw.seed} (--seed {draw.seed} draws the same ones again)"]
+        waited = describe(self.turns.since(waits_before))
+        if waited:
+            notes.append(waited)
         return conclude(stages, metrics, notes, time.monotonic() - started, draw.seed)
 
     def _stages(self, source: str, workdir: Path, draw: Draw) -> tuple[list[StageResult], Metrics]:
@@ -154,6 +163,7 @@ class Verifier:
                 child.follow()
         finally:
             result = child.close()
+            self.turns.add([Wait(**r["turn_wait"]) for r in result.records if "turn_wait" in r])
         if result.status == "cancelled" and self.options.cancel is not None and self.options.cancel.is_set():
             raise Cancelled()
         if all(s.ok for s in stages) and result.leftover_processes:
@@ -169,7 +179,8 @@ class Verifier:
         job = {"kernel": str(kernel.resolve()), "spec": asdict(self.problem.spec), "device": self.problem.device,
                "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()), "jit_functions": facts.jit_functions,
                "trials": [t.to_dict() for t in draw.suite], "then_time": timed,
-               "shape": asdict(self.problem.shape), "seeds": draw.timing_seeds}
+               "shape": asdict(self.problem.shape), "seeds": draw.timing_seeds,
+               "turn_file": self.turns.path, "turn_wait_s": self.turns.wait_s}
         env = {"TRITON_INTERPRET": "1"} if self.interpreted else {}
         return Child(job, workdir, self.options.limits, env, self.options.cancel)
 
@@ -186,7 +197,7 @@ class Verifier:
             return stages
         outputs = {r["trial"]: r["output"] for r in result.records if "output" in r}
         stages.append(_timed(lambda: numerics.judge(suite, outputs, self.spec, DTYPES[self.run_dtype],
-                                                    self.problem.device)))
+                                                    self.problem.device, self.turns)))
         return stages
 
     def _scores_bytes(self) -> float:
@@ -198,7 +209,8 @@ class Verifier:
     def _timing(self, child: Child, metrics: Metrics, timing_seeds: list[int]) -> list[StageResult]:
         baseline = self.baseline()
         records_before = len(child.result.records)
-        with self.timing_lock:  # GPU timing never overlaps other timing
+        # GPU timing never overlaps other timing, this process's or (the GPU's turn) another verification's
+        with self.timing_lock, self.turns.take("timing"):
             child.send("time")
             result = _timed(lambda: child.follow())
         stage = run_stage(result, 1)

@@ -1,0 +1,111 @@
+"""Turns on one GPU for the verifier's work that other processes' work would spoil, among verifications in every
+process on the machine (several `kgen` runs on one GPU, the GPU tests in several processes).
+
+Two kinds of work take turns. Timing: another process's kernels running beside the timed calls inflate their times
+and the wall clock that checks for hidden work (an honest 0.02 ms kernel was once rejected as `side_stream` that
+way). Memory: the trial past the index limits has 4 GB inputs and output, and its call, its check and its
+reference took 22-32 GB in a process (forty-seventh session, H100: 22 GB a candidate's, up to 32 a test
+process's); three of those at once ran a fourth out of memory. Each takes the GPU's turn, so they run one at a
+time while every lighter step runs side by side.
+
+A turn is a file lock on a file named after the GPU's UUID, in the temporary folder (the same for every process
+of the machine's user, whatever each sees as `cuda:0`). The operating system releases it when its holder exits
+or is killed, so a hung candidate killed at its deadline leaves no turn held. A turn not had within its timeout
+is gone ahead without, which is how the verifier worked before turns; a verdict's notes say which turns it waited
+for (the baseline's, measured once per problem, are not said).
+"""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+
+WAIT_S = 1800.0  # longest a turn is waited for: other verifications' turns end at their own deadlines
+
+
+@dataclass
+class Wait:
+    """One turn's wait: what it was for, the seconds waited, and whether the turn was had."""
+    what: str
+    seconds: float
+    had: bool = True
+
+
+def lock_path(device: str) -> str | None:
+    """The turn file of the GPU that `device` names, or None off the GPU (no turns there)."""
+    import torch
+
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return str(Path(tempfile.gettempdir()) / f"kgen-gpu-{uuid or f'index{index}'}.lock")
+
+
+class Turns:
+    """The GPU's turns as one process takes them (a thread at a time too), and the waits they cost."""
+
+    def __init__(self, path: str | None, wait_s: float = WAIT_S):
+        self.path, self.wait_s = path, wait_s
+        # thread_local: each thread holds its own file descriptor, so two threads of a process take turns as
+        # two processes do (and a thread taking its own turn again nests)
+        self._lock = FileLock(path, mode=0o666, thread_local=True) if path else None
+        self._guard = threading.Lock()
+        self.waits: list[Wait] = []
+
+    @contextmanager
+    def take(self, what: str) -> Iterator[Wait]:
+        """Hold the GPU's turn for the block (at once off the GPU)."""
+        wait = Wait(what, 0.0)
+        if self._lock is None:
+            yield wait
+            return
+        started = time.monotonic()
+        try:
+            self._lock.acquire(timeout=self.wait_s)
+        except (Timeout, OSError):  # not had in time, or a turn file another user made and we cannot open
+            wait.had = False
+        wait.seconds = time.monotonic() - started
+        with self._guard:
+            self.waits.append(wait)
+        try:
+            yield wait
+        finally:
+            if wait.had:
+                self._lock.release()
+
+    def add(self, waits: list[Wait]) -> None:
+        """Waits another process had on this one's behalf (a candidate's, reported on its channel)."""
+        with self._guard:
+            self.waits.extend(waits)
+
+    def since(self, start: int) -> list[Wait]:
+        """The waits recorded after the first `start` of them."""
+        with self._guard:
+            return self.waits[start:]
+
+
+@contextmanager
+def in_child(turns: Turns, channel, what: str) -> Iterator[Wait]:
+    """`Turns.take` in a child process: while it waits the verifier's deadline is the turn's, not the work's (the
+    caller says the work's phase once the turn is had)."""
+    channel.phase(f"waiting for the GPU's turn: {what}", limit="turn")
+    with turns.take(what) as wait:
+        yield wait
+
+
+def describe(waits: list[Wait], least_s: float = 0.5) -> str | None:
+    """A verdict's note on the turns it waited for (None when none took `least_s` or went without)."""
+    long = [w for w in waits if w.seconds >= least_s or not w.had]
+    if not long:
+        return None
+    parts = [f"{w.what} {w.seconds:.1f} s" + ("" if w.had else " and went ahead without it") for w in long]
+    return ("waited for the GPU's turn while other verifications used it: " + ", ".join(parts) +
+            " (timing and the trial past the index limits run one verification at a time on a GPU)")
