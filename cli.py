@@ -238,8 +238,10 @@ def status_line(session) -> str:
         best_text = f"#{best['attempt']}" + (f" {best['tflops']:.1f} TFLOP/s" if best.get("tflops") else " (untimed)")
         if best.get("ratio_to_flex"):
             best_text += f", {best['ratio_to_flex']:.2f}x flex"
+    waiting = session.verifier.waiting_for_turn()  # other kgen processes verifying on the same GPU
     return (f"[bold]{search.elapsed():5.0f}s[/] / {search.config.budget_s:.0f}s  attempts {record.attempts}  "
-            f"verified {record.verified}  best {best_text}")
+            f"verified {record.verified}  best {best_text}" +
+            (f"  [yellow]waiting for the GPU's turn: {waiting}[/]" if waiting else ""))
 
 
 def attempt_line(attempt, best: bool) -> str:

@@ -79,6 +79,24 @@ def test_a_turn_not_had_in_time_is_gone_ahead_without_and_the_note_says_so(tmp_p
         process.wait(timeout=60)
 
 
+def test_what_a_process_waits_for_is_known_while_it_waits(tmp_path):
+    """For the live status line of `kgen attention` (verifier.Verifier.waiting_for_turn)."""
+    lock = tmp_path / "gpu.lock"
+    process = holder(lock, 1.5)
+    wait_until_held(process)
+    turns, seen = Turns(str(lock)), set()
+    def take():
+        with turns.take("timing"):
+            pass
+    waiting = threading.Thread(target=take)
+    waiting.start()
+    while waiting.is_alive():
+        seen.add(turns.waiting)
+        time.sleep(0.02)
+    assert "timing" in seen and turns.waiting is None and turns.waits[0].had
+    process.wait(timeout=60)
+
+
 def test_threads_of_one_process_take_turns_and_one_thread_may_take_its_own_again(tmp_path):
     turns = Turns(str(tmp_path / "gpu.lock"))
     intervals = []

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from cli import status_line
 from kernels import flash_source
 from verifier import every_row, numerics, reference
 from verifier.child import fingerprint, saved_output
@@ -331,7 +334,16 @@ def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the
     process = holder(tmp_path / "gpu.lock", hold_s)
     wait_until_held(process)
     started = time.monotonic()
-    verdict = v.verify(flash_source())
+    verdicts, lines = [], set()
+    judging = threading.Thread(target=lambda: verdicts.append(v.verify(flash_source())))
+    judging.start()
+    while judging.is_alive():  # what `kgen attention`'s live status line says meanwhile
+        lines.add(status_line(SimpleNamespace(search=SimpleNamespace(elapsed=lambda: 1.0,
+                                                                     config=SimpleNamespace(budget_s=60.0)),
+                                              record=SimpleNamespace(best=None, attempts=1, verified=0),
+                                              verifier=v)))
+        time.sleep(0.05)
+    verdict, = verdicts
     assert process.wait(timeout=60) == 0
     assert verdict.accepted, f"{verdict.reason}: {verdict.message}"
     assert time.monotonic() - started >= hold_s - 0.5
@@ -341,6 +353,9 @@ def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the
     assert waits[f"the reference of {sampled}"].had  # in the verifier's
     assert any(n.startswith("waited for the GPU's turn") and f"the trial past the index limits ({sampled})" in n
                for n in verdict.notes)
+    waiting = f"waiting for the GPU's turn: the trial past the index limits ({sampled})"
+    assert any(line.endswith(f"[yellow]{waiting}[/]") for line in lines)
+    assert any("waiting" not in line for line in lines) and v.waiting_for_turn() is None
 
 
 def test_a_kernel_that_reads_another_heads_rows_fails_the_sampled_trial_at_that_head(sampling_verifier):

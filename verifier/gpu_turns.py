@@ -26,6 +26,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
+CHILD_WAITING = "waiting for the GPU's turn: "  # the phase a child reports while it waits, then what for
 WAIT_S = 1800.0  # longest a turn is waited for: other verifications' turns end at their own deadlines
 
 
@@ -59,6 +60,7 @@ class Turns:
         self._lock = FileLock(path, mode=0o666, thread_local=True) if path else None
         self._guard = threading.Lock()
         self.waits: list[Wait] = []
+        self.waiting: str | None = None  # what a thread of this process is waiting for the turn for, if one is
 
     @contextmanager
     def take(self, what: str) -> Iterator[Wait]:
@@ -68,10 +70,13 @@ class Turns:
             yield wait
             return
         started = time.monotonic()
+        self.waiting = what
         try:
             self._lock.acquire(timeout=self.wait_s)
         except (Timeout, OSError):  # not had in time, or a turn file another user made and we cannot open
             wait.had = False
+        finally:
+            self.waiting = None
         wait.seconds = time.monotonic() - started
         with self._guard:
             self.waits.append(wait)
@@ -96,7 +101,7 @@ class Turns:
 def in_child(turns: Turns, channel, what: str) -> Iterator[Wait]:
     """`Turns.take` in a child process: while it waits the verifier's deadline is the turn's, not the work's (the
     caller says the work's phase once the turn is had)."""
-    channel.phase(f"waiting for the GPU's turn: {what}", limit="turn")
+    channel.phase(CHILD_WAITING + what, limit="turn")
     with turns.take(what) as wait:
         yield wait
 

@@ -16,7 +16,7 @@ import torch
 
 from verifier import numerics, probes
 from verifier.baseline import Baseline, measure_baseline
-from verifier.gpu_turns import Turns, Wait, describe, lock_path
+from verifier.gpu_turns import CHILD_WAITING, Turns, Wait, describe, lock_path
 from verifier.past_limits import past_limits_trial
 from verifier.problem import DTYPES, Problem, Shape
 from verifier.reference import mask_density
@@ -87,6 +87,7 @@ class Verifier:
             if problem.dtype == "bf16":
                 self.notes.append("CPU: bf16 run as fp16 (the interpreter's tl.dot is wrong for bf16)")
         self.timing_lock = threading.Lock()  # GPU timing never overlaps other timing
+        self._child: Child | None = None  # the candidate's process while one is judged
         self._density: float | None = None
         self._baseline: Baseline | None = None
 
@@ -95,6 +96,14 @@ class Verifier:
         if self._density is None:
             self._density = mask_density(self.spec, self.problem.shape, self.problem.device)
         return self._density
+
+    def waiting_for_turn(self) -> str | None:
+        """What the verification under way waits for the GPU's turn for (verifier.gpu_turns), in this process or in
+        the candidate's, if it does: for a live status line, since other processes' verifications can hold it for
+        a while."""
+        child = self._child
+        phase = child.result.phase if child is not None else ""
+        return self.turns.waiting or (phase[len(CHILD_WAITING):] if phase.startswith(CHILD_WAITING) else None)
 
     @property
     def measured_baseline(self) -> Baseline | None:
@@ -154,6 +163,7 @@ class Verifier:
         kernel.write_text(source)
         timed = not self.interpreted and self.options.time
         child = self._start(kernel, facts, workdir / "check", timed, draw)
+        self._child = child
         try:
             stages += self._check(child, timed, draw.suite)
             if timed and all(s.ok for s in stages):
@@ -162,6 +172,7 @@ class Verifier:
                 child.send("stop")  # judged already: let it finish (its last tamper report included)
                 child.follow()
         finally:
+            self._child = None
             result = child.close()
             self.turns.add([Wait(**r["turn_wait"]) for r in result.records if "turn_wait" in r])
         if result.status == "cancelled" and self.options.cancel is not None and self.options.cancel.is_set():
