@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verifier.gpu_turns import Turns, Wait, describe, lock_path
+from verifier.gpu_turns import TurnCancelled, Turns, Wait, describe, lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.interpreter_free  # real locks and processes, no kernel: they run on the GPU machine too
@@ -95,6 +95,25 @@ def test_what_a_process_waits_for_is_known_while_it_waits(tmp_path):
         time.sleep(0.02)
     assert "timing" in seen and turns.waiting is None and turns.waits[0].had
     process.wait(timeout=60)
+
+
+def test_a_wait_given_up_by_the_caller_ends_at_once(tmp_path):
+    """The run's budget ends, or Ctrl-C: a verification waiting for a turn another process holds stops waiting."""
+    lock = tmp_path / "gpu.lock"
+    process = holder(lock, 600.0)
+    try:
+        wait_until_held(process)
+        turns = Turns(str(lock))
+        turns.cancel = threading.Event()
+        threading.Timer(0.5, turns.cancel.set).start()
+        started = time.monotonic()
+        with pytest.raises(TurnCancelled):
+            with turns.take("timing"):
+                pass
+        assert time.monotonic() - started < 5.0 and turns.waiting is None and turns.waits == []
+    finally:
+        process.kill()
+        process.wait(timeout=60)
 
 
 def test_threads_of_one_process_take_turns_and_one_thread_may_take_its_own_again(tmp_path):

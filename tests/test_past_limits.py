@@ -18,14 +18,14 @@ from cli import status_line
 from kernels import flash_source
 from verifier import every_row, numerics, reference
 from verifier.child import fingerprint, saved_output
-from verifier.gpu_turns import Turns
+from verifier.gpu_turns import TurnCancelled, Turns
 from verifier.past_limits import (GRID_AXIS_LIMIT, INT32_ELEMENTS, input_bytes, past_limits_shape,
                                   past_limits_trial, sample_heads)
 from verifier.problem import Problem, Shape
 from verifier.sandbox import Limits
 from verifier.spec import SpecFiles, covers, load_spec
 from verifier.suite import Trial, build_suite, make_inputs, sampled_inputs
-from verifier.verify import Verifier, VerifyOptions
+from verifier.verify import Cancelled, Verifier, VerifyOptions
 
 from conftest import SMALL, spec_path
 
@@ -356,6 +356,60 @@ def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the
     waiting = f"waiting for the GPU's turn: the trial past the index limits ({sampled})"
     assert any(line.endswith(f"[yellow]{waiting}[/]") for line in lines)
     assert any("waiting" not in line for line in lines) and v.waiting_for_turn() is None
+
+
+def test_a_verification_waiting_for_the_gpus_turn_stops_when_the_run_gives_it_up(tmp_path):
+    """The run's budget ends (or Ctrl-C) while the candidate's process waits for the turn another holds: the
+    verification ends at once, as Cancelled, as it does mid-call."""
+    from test_gpu_turns import holder, wait_until_held
+
+    v = verifier_sampling([(0, 1), (1, 6)])
+    v.turns = Turns(str(tmp_path / "gpu.lock"))
+    v.options = replace(v.options, cancel=threading.Event())
+    process = holder(tmp_path / "gpu.lock", 600.0)
+    try:
+        wait_until_held(process)
+        raised = []
+
+        def judge():
+            try:
+                v.verify(flash_source())
+            except Cancelled as e:
+                raised.append(e)
+        judging = threading.Thread(target=judge)
+        judging.start()
+        while judging.is_alive() and v.waiting_for_turn() is None:
+            time.sleep(0.05)
+        v.options.cancel.set()
+        judging.join(timeout=30)
+        assert not judging.is_alive() and len(raised) == 1
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+
+
+def test_the_reference_of_a_sampled_trial_waits_for_the_turn_and_gives_it_up_when_cancelled(specs, tmp_path):
+    """In the verifier's process: the reference of the trial past the index limits takes the GPU's turn."""
+    from test_gpu_turns import holder, wait_until_held
+
+    spec = load_spec(SpecFiles(spec_path("noop")))
+    shape = Shape(batch=2, heads=4, kv_heads=4, seq_len=6, kv_seq_len=6, head_dim=16)
+    trial = sampled_trial(shape, [(0, 2), (1, 1)])
+    out = reference.exact(*make_inputs(trial, torch.float16, "cpu"), spec, None, shape).to(torch.float16)
+    torch.save(saved_output(out, trial), tmp_path / "tx.pt")
+    turns = Turns(str(tmp_path / "gpu.lock"))
+    assert numerics.judge([trial], {"tx": str(tmp_path / "tx.pt")}, spec, torch.float16, "cpu", turns).ok
+    assert [w.what for w in turns.waits] == ["the reference of tx"]
+    process = holder(tmp_path / "gpu.lock", 600.0)
+    try:
+        wait_until_held(process)
+        turns.cancel = threading.Event()
+        threading.Timer(0.5, turns.cancel.set).start()
+        with pytest.raises(TurnCancelled):
+            numerics.judge([trial], {"tx": str(tmp_path / "tx.pt")}, spec, torch.float16, "cpu", turns)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
 
 
 def test_a_kernel_that_reads_another_heads_rows_fails_the_sampled_trial_at_that_head(sampling_verifier):

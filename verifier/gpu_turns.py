@@ -28,6 +28,11 @@ from filelock import FileLock, Timeout
 
 CHILD_WAITING = "waiting for the GPU's turn: "  # the phase a child reports while it waits, then what for
 WAIT_S = 1800.0  # longest a turn is waited for: other verifications' turns end at their own deadlines
+POLL_S = 0.25  # how often a wait looks at its cancel event
+
+
+class TurnCancelled(Exception):
+    """The caller gave up the work (the run's budget ended, Ctrl-C) while it waited for the GPU's turn."""
 
 
 @dataclass
@@ -61,10 +66,12 @@ class Turns:
         self._guard = threading.Lock()
         self.waits: list[Wait] = []
         self.waiting: str | None = None  # what a thread of this process is waiting for the turn for, if one is
+        self.cancel: threading.Event | None = None  # set: a wait gives up (TurnCancelled)
 
     @contextmanager
     def take(self, what: str) -> Iterator[Wait]:
-        """Hold the GPU's turn for the block (at once off the GPU)."""
+        """Hold the GPU's turn for the block (at once off the GPU). Raises TurnCancelled if `cancel` is set while it
+        waits."""
         wait = Wait(what, 0.0)
         if self._lock is None:
             yield wait
@@ -72,9 +79,7 @@ class Turns:
         started = time.monotonic()
         self.waiting = what
         try:
-            self._lock.acquire(timeout=self.wait_s)
-        except (Timeout, OSError):  # not had in time, or a turn file another user made and we cannot open
-            wait.had = False
+            wait.had = self._acquire(started + self.wait_s)
         finally:
             self.waiting = None
         wait.seconds = time.monotonic() - started
@@ -85,6 +90,20 @@ class Turns:
         finally:
             if wait.had:
                 self._lock.release()
+
+    def _acquire(self, deadline: float) -> bool:
+        """Whether the turn was had by `deadline`, waiting in slices so that a cancel is seen."""
+        while True:
+            try:
+                self._lock.acquire(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+                return True
+            except Timeout:
+                if self.cancel is not None and self.cancel.is_set():
+                    raise TurnCancelled() from None
+                if time.monotonic() >= deadline:
+                    return False
+            except OSError:  # a turn file another user made, which this one cannot open
+                return False
 
     def add(self, waits: list[Wait]) -> None:
         """Waits another process had on this one's behalf (a candidate's, reported on its channel)."""

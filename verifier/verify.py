@@ -16,7 +16,7 @@ import torch
 
 from verifier import numerics, probes
 from verifier.baseline import Baseline, measure_baseline
-from verifier.gpu_turns import CHILD_WAITING, Turns, Wait, describe, lock_path
+from verifier.gpu_turns import CHILD_WAITING, TurnCancelled, Turns, Wait, describe, lock_path
 from verifier.past_limits import past_limits_trial
 from verifier.problem import DTYPES, Problem, Shape
 from verifier.reference import mask_density
@@ -133,11 +133,14 @@ class Verifier:
         started = time.monotonic()
         draw = self.draw()
         waits_before = len(self.turns.waits)
+        self.turns.cancel = self.options.cancel  # (set after construction, by the search that owns it)
         owned = workdir is None
         workdir = Path(tempfile.mkdtemp(prefix="kgen-verify-")) if owned else Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             stages, metrics = self._stages(source, workdir, draw)
+        except TurnCancelled:  # given up while waiting for the GPU's turn, in this process
+            raise Cancelled() from None
         finally:
             for pt in workdir.glob("*/*.pt"):
                 pt.unlink()  # outputs can be large; the verdict keeps what they showed
