@@ -102,8 +102,13 @@ def verify(
     options = VerifyOptions(limits=Limits(compile_s=compile_timeout, call_s=timeout), baseline=baseline,
                             require_single_kernel=require_single_kernel, seed=seed)
     verifier = Verifier(problem, options, spec=spec)
-    with err.status(f"verifying {kernel} on {problem.shape.label()} {problem.dtype} ({problem.device})"):
-        verdict = verifier.verify(kernel.read_text())
+    label = f"verifying {kernel} on {problem.shape.label()} {problem.dtype} ({problem.device})"
+    with err.status(label) as status:
+        ticker = _Ticker(lambda: status.update(label + turn_wait_text(verifier)))
+        try:
+            verdict = verifier.verify(kernel.read_text())
+        finally:
+            ticker.stop()
     if as_json:
         print(json.dumps({"kernel": str(kernel), "problem": problem.to_dict(), "spec": spec.describe(),
                           "verdict": verdict.to_dict()}, indent=2, default=str))
@@ -238,10 +243,15 @@ def status_line(session) -> str:
         best_text = f"#{best['attempt']}" + (f" {best['tflops']:.1f} TFLOP/s" if best.get("tflops") else " (untimed)")
         if best.get("ratio_to_flex"):
             best_text += f", {best['ratio_to_flex']:.2f}x flex"
-    waiting = session.verifier.waiting_for_turn()  # other kgen processes verifying on the same GPU
     return (f"[bold]{search.elapsed():5.0f}s[/] / {search.config.budget_s:.0f}s  attempts {record.attempts}  "
-            f"verified {record.verified}  best {best_text}" +
-            (f"  [yellow]waiting for the GPU's turn: {waiting}[/]" if waiting else ""))
+            f"verified {record.verified}  best {best_text}" + turn_wait_text(session.verifier))
+
+
+def turn_wait_text(verifier) -> str:
+    """What a status line adds while the verification waits for the GPU's turn: other kgen processes verifying on
+    the same GPU can hold it for a while."""
+    waiting = verifier.waiting_for_turn()
+    return f"  [yellow]waiting for the GPU's turn: {waiting}[/]" if waiting else ""
 
 
 def attempt_line(attempt, best: bool) -> str:
