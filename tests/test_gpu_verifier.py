@@ -149,6 +149,35 @@ def test_honest_timing_is_below_the_measured_peak(gpu_verifier):
     assert 0 < verdict.metrics.tflops < verdict.metrics.peak_tflops and verdict.metrics.ratio_to_flex
 
 
+def test_a_verification_waits_for_the_gpus_turn_another_holds_on_its_own_turn_file(gpu_verifier):
+    """The GPU's own turn file (named by its UUID): a holder with its own lock, as another process's verification
+    has, keeps this verification waiting until it lets go, which it does a second after the verification says it
+    waits. Accepted, and the report names the wait."""
+    import threading
+    import time
+
+    from verifier.gpu_turns import Turns, lock_path
+    verifier = gpu_verifier()
+    held, seen = threading.Event(), []
+
+    def hold():
+        with Turns(lock_path("cuda")).take("a test holding the turn"):
+            held.set()
+            deadline = time.monotonic() + 600
+            while verifier.waiting_for_turn() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen.append(verifier.waiting_for_turn())
+            time.sleep(1.0)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(60)
+    verdict = verifier.verify(flash_source(None, None, bm=64, bn=64))
+    holder.join(60)
+    assert verdict.accepted, verdict.message
+    assert seen[0] is not None and any(n.startswith("waited for the GPU's turn") and seen[0] in n
+                                       for n in verdict.notes)
+
+
 hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                             reason="a Hopper kernel (wgmma, TMA)")
 
