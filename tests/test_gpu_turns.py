@@ -8,7 +8,9 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -41,6 +43,18 @@ def wait_until_held(process: subprocess.Popen) -> None:
     assert process.stdout.readline().strip() == "held"
 
 
+@contextmanager
+def held_elsewhere(path: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding the turn for the block (and then killed, if it is not already)."""
+    process = holder(path, 600.0)
+    try:
+        wait_until_held(process)
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+
+
 def test_two_processes_take_the_turn_one_after_the_other(tmp_path):
     lock, log = tmp_path / "gpu.lock", tmp_path / "intervals"
     processes = [holder(lock, 1.0, log) for _ in range(2)]
@@ -54,29 +68,22 @@ def test_two_processes_take_the_turn_one_after_the_other(tmp_path):
 def test_a_killed_holder_leaves_no_turn_held(tmp_path):
     """A hung candidate is killed at its deadline: whoever waits gets the turn then, not at the turn's timeout."""
     lock = tmp_path / "gpu.lock"
-    process = holder(lock, 600.0)
-    wait_until_held(process)
-    threading.Timer(1.0, process.kill).start()
-    with Turns(str(lock), wait_s=60.0).take("after the kill") as wait:
-        assert wait.had and 0.5 < wait.seconds < 30.0
-    process.wait(timeout=60)
+    with held_elsewhere(lock) as process:
+        threading.Timer(1.0, process.kill).start()
+        with Turns(str(lock), wait_s=60.0).take("after the kill") as wait:
+            assert wait.had and 0.5 < wait.seconds < 30.0
 
 
 def test_a_turn_not_had_in_time_is_gone_ahead_without_and_the_note_says_so(tmp_path):
     lock = tmp_path / "gpu.lock"
-    process = holder(lock, 600.0)
-    try:
-        wait_until_held(process)
+    with held_elsewhere(lock):
         turns = Turns(str(lock), wait_s=0.5)
         with turns.take("timing") as wait:
             assert not wait.had and 0.5 <= wait.seconds < 10.0
-        assert turns.waits == [wait]
-        note = describe(turns.waits)
-        assert note.startswith("waited for the GPU's turn") and "timing 0." in note
-        assert "went ahead without it" in note
-    finally:
-        process.kill()
-        process.wait(timeout=60)
+    assert turns.waits == [wait]
+    note = describe(turns.waits)
+    assert note.startswith("waited for the GPU's turn") and "timing 0." in note
+    assert "went ahead without it" in note
 
 
 def test_what_a_process_waits_for_is_known_while_it_waits(tmp_path):
@@ -100,9 +107,7 @@ def test_what_a_process_waits_for_is_known_while_it_waits(tmp_path):
 def test_a_wait_given_up_by_the_caller_ends_at_once(tmp_path):
     """The run's budget ends, or Ctrl-C: a verification waiting for a turn another process holds stops waiting."""
     lock = tmp_path / "gpu.lock"
-    process = holder(lock, 600.0)
-    try:
-        wait_until_held(process)
+    with held_elsewhere(lock):
         turns = Turns(str(lock))
         turns.cancel = threading.Event()
         threading.Timer(0.5, turns.cancel.set).start()
@@ -111,9 +116,6 @@ def test_a_wait_given_up_by_the_caller_ends_at_once(tmp_path):
             with turns.take("timing"):
                 pass
         assert time.monotonic() - started < 5.0 and turns.waiting is None and turns.waits == []
-    finally:
-        process.kill()
-        process.wait(timeout=60)
 
 
 def test_threads_of_one_process_take_turns_and_one_thread_may_take_its_own_again(tmp_path):

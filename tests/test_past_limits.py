@@ -361,14 +361,12 @@ def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the
 def test_a_verification_waiting_for_the_gpus_turn_stops_when_the_run_gives_it_up(tmp_path):
     """The run's budget ends (or Ctrl-C) while the candidate's process waits for the turn another holds: the
     verification ends at once, as Cancelled, as it does mid-call."""
-    from test_gpu_turns import holder, wait_until_held
+    from test_gpu_turns import held_elsewhere
 
     v = verifier_sampling([(0, 1), (1, 6)])
     v.turns = Turns(str(tmp_path / "gpu.lock"))
     v.options = replace(v.options, cancel=threading.Event())
-    process = holder(tmp_path / "gpu.lock", 600.0)
-    try:
-        wait_until_held(process)
+    with held_elsewhere(tmp_path / "gpu.lock"):
         raised = []
 
         def judge():
@@ -383,14 +381,11 @@ def test_a_verification_waiting_for_the_gpus_turn_stops_when_the_run_gives_it_up
         v.options.cancel.set()
         judging.join(timeout=30)
         assert not judging.is_alive() and len(raised) == 1
-    finally:
-        process.kill()
-        process.wait(timeout=60)
 
 
 def test_the_reference_of_a_sampled_trial_waits_for_the_turn_and_gives_it_up_when_cancelled(specs, tmp_path):
     """In the verifier's process: the reference of the trial past the index limits takes the GPU's turn."""
-    from test_gpu_turns import holder, wait_until_held
+    from test_gpu_turns import held_elsewhere
 
     spec = load_spec(SpecFiles(spec_path("noop")))
     shape = Shape(batch=2, heads=4, kv_heads=4, seq_len=6, kv_seq_len=6, head_dim=16)
@@ -400,16 +395,11 @@ def test_the_reference_of_a_sampled_trial_waits_for_the_turn_and_gives_it_up_whe
     turns = Turns(str(tmp_path / "gpu.lock"))
     assert numerics.judge([trial], {"tx": str(tmp_path / "tx.pt")}, spec, torch.float16, "cpu", turns).ok
     assert [w.what for w in turns.waits] == ["the reference of tx"]
-    process = holder(tmp_path / "gpu.lock", 600.0)
-    try:
-        wait_until_held(process)
+    with held_elsewhere(tmp_path / "gpu.lock"):
         turns.cancel = threading.Event()
         threading.Timer(0.5, turns.cancel.set).start()
         with pytest.raises(TurnCancelled):
             numerics.judge([trial], {"tx": str(tmp_path / "tx.pt")}, spec, torch.float16, "cpu", turns)
-    finally:
-        process.kill()
-        process.wait(timeout=60)
 
 
 def test_a_kernel_that_reads_another_heads_rows_fails_the_sampled_trial_at_that_head(sampling_verifier):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from verifier import every_row, gpu_turns, guards
-from verifier.gpu_memory import first_line, out_of_memory, ran_out_in_own_work
+from verifier.gpu_memory import first_line, hand_back_cached_memory, out_of_memory, ran_out_in_own_work
 from verifier.gpu_turns import WAIT_S, Turns
 from verifier.guards import CallWatch, guarded
 from verifier.problem import DTYPES, Shape
@@ -344,15 +344,6 @@ def memory_turn(trial: Trial, turns: Turns, channel: Channel):
         return
     with gpu_turns.in_child(turns, channel, f"the trial past the index limits ({trial.id})") as wait:
         yield wait
-
-
-def hand_back_cached_memory(trial: Trial, device: str) -> None:
-    """After a past-limits trial (a sampled one, whose q, k, v and output are 4 GB each) the GPU memory torch's
-    allocator cached for it goes back to the device: the trials and timing after it need a small part of it, and
-    other processes on the GPU need the rest. (On an H100 running three verifications, two candidates' processes
-    held 22 GB each while the third's past-limits trial ran out of memory.)"""
-    if trial.sample and torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------------------- time

@@ -32,5 +32,15 @@ def ran_out_in_own_work(work: str, device: str, error: str) -> str:
             f"this GPU, verify again once it is free. The error: {error}")
 
 
+def hand_back_cached_memory(trial, device: str) -> None:
+    """After a past-limits trial (a sampled one, whose q, k, v and output are 4 GB each), in the candidate's process
+    or in the verifier's once it has the reference, the GPU memory torch's allocator cached for it goes back to the
+    device: what follows needs a small part of it, and other processes on the GPU need the rest, the next to take
+    the GPU's turn above all (verifier.gpu_turns). On an H100 running three verifications, two candidates' processes
+    held 22 GB each while the third's past-limits trial ran out of memory."""
+    if trial.sample and torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

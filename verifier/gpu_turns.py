@@ -8,11 +8,11 @@ reference took 22-32 GB in a process (forty-seventh session, H100: 22 GB a candi
 process's); three of those at once ran a fourth out of memory. Each takes the GPU's turn, so they run one at a
 time while every lighter step runs side by side.
 
-A turn is a file lock on a file named after the GPU's UUID, in the temporary folder, which every user may open (the
-same for every process on the machine, whatever each sees as `cuda:0`). The operating system releases it when its holder exits
-or is killed, so a hung candidate killed at its deadline leaves no turn held. A turn not had within its timeout
-is gone ahead without, which is how the verifier worked before turns; a verdict's notes say which turns it waited
-for (the baseline's, measured once per problem, are not said).
+A turn is a file lock on a file named after the GPU's UUID, in the temporary folder, which every user may open
+(the same for every process on the machine, whatever each sees as `cuda:0`). The operating system releases it when
+its holder exits or is killed, so a hung candidate killed at its deadline leaves no turn held. A turn not had
+within its timeout is gone ahead without, which is how the verifier worked before turns; a verdict's notes say
+which turns it waited for (the baseline's, measured once per problem, are not said).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from verifier import every_row, reference
-from verifier.gpu_memory import first_line, out_of_memory, ran_out_in_own_work
+from verifier.gpu_memory import first_line, hand_back_cached_memory, out_of_memory, ran_out_in_own_work
 from verifier.gpu_turns import Turns
 from verifier.spec import Spec
 from verifier.suite import Trial, make_inputs, sampled_inputs
@@ -135,8 +135,7 @@ def judge(trials: list[Trial], outputs: dict[str, str], spec: Spec, dtype: torch
                 if not out_of_memory(e):
                     raise
                 error = first_line(e)[:300]  # (not e: its traceback holds the reference's tensors)
-            if trial.sample and torch.device(device).type == "cuda":
-                torch.cuda.empty_cache()  # its cached memory back to the GPU before the turn passes on
+            hand_back_cached_memory(trial, device)  # before the turn passes on
         if error is not None:  # (out of the handler, so that those tensors are freed before memory is measured)
             return StageResult.failed("numerics", "out_of_memory", _reference_out_of_memory(trial, device, error))
     failed = [c for c in checks if not c.ok]
