@@ -2,6 +2,8 @@
 launch counts, score-sized allocations, illegal memory access). Skipped without CUDA."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -176,6 +178,29 @@ def test_a_verification_waits_for_the_gpus_turn_another_holds_on_its_own_turn_fi
     assert verdict.accepted, verdict.message
     assert seen[0] is not None and any(n.startswith("waited for the GPU's turn") and seen[0] in n
                                        for n in verdict.notes)
+
+
+
+@pytest.mark.slow
+def test_a_baseline_timed_without_the_gpus_turn_is_said_and_not_cached(specs, tmp_path, monkeypatch):
+    """Another process holds the GPU's turn past the baseline's wait: the baseline goes ahead without it (its times
+    and matmul peak may include the other's work), the verdict's notes say so, and it is not cached for the next
+    run to trust."""
+    from test_gpu_turns import held_elsewhere
+
+    from verifier.baseline import cache_dir
+    from verifier.gpu_turns import lock_path
+    monkeypatch.setenv("KGEN_CACHE_DIR", str(tmp_path / "cache"))
+    problem = Problem(SpecFiles(str(specs / "noop.py")), Shape(1, 2, 2, 256, 256, 64), "bf16", "cuda")
+    verifier = Verifier(problem, VerifyOptions(baseline=True))
+    verifier.turns.wait_s = 2.0
+    with held_elsewhere(Path(lock_path("cuda"))):
+        verdict = verifier.verify(flash_source(None, None, bm=64, bn=64))
+    assert verdict.accepted, verdict.message  # the holder runs nothing on the GPU
+    # the candidate's own timing went ahead without its turn too: the baseline's is the one asserted here
+    assert any("timing the baseline's flex (default)" in n and "went ahead without it" in n for n in verdict.notes)
+    assert verifier.measured_baseline.flex_ms and not verifier.measured_baseline.timed_alone
+    assert not list(cache_dir().glob("*.json"))
 
 
 hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +36,14 @@ class Baseline:
     sdpa_kind: str | None = None  # plain | causal | None when SDPA cannot express the spec
     peak_tflops: float | None = None
     error: str | None = None
+    # the GPU's turns its timing waited for (verifier.gpu_turns.Wait as dicts), in the run that measured it only
+    turn_waits: list[dict] = field(default_factory=list)
+
+    @property
+    def timed_alone(self) -> bool:
+        """Whether every timing had the GPU's turn. One that went ahead without may have run beside another
+        verification's work, its matmul peak too (which the implausible-speed check trusts): not cached."""
+        return all(w.get("had", True) for w in self.turn_waits)
 
 
 def cache_dir() -> Path:
@@ -53,12 +61,12 @@ def cache_key(problem: Problem, modes: tuple[str, ...]) -> str:
 
 
 def measure_baseline(problem: Problem, density: float, limits: Limits,
-                     modes: tuple[str, ...] = ("default",)) -> Baseline:
+                     modes: tuple[str, ...] = ("default",), turn_wait_s: float = gpu_turns.WAIT_S) -> Baseline:
     path = cache_dir() / f"{cache_key(problem, modes)}.json"
     if path.exists():
         return Baseline(**json.loads(path.read_text()))
     job = {"spec": asdict(problem.spec), "shape": asdict(problem.shape), "dtype": problem.dtype, "modes": list(modes),
-           "turn_file": lock_path("cuda")}  # its timing takes the GPU's turn (verifier.gpu_turns)
+           "turn_file": lock_path("cuda"), "turn_wait_s": turn_wait_s}  # its timing takes the GPU's turn
     with tempfile.TemporaryDirectory(prefix="kgen-baseline-") as tmp:
         # compiling flex (max-autotune above all) takes minutes: give it room
         child = run_child(job, Path(tmp), Limits(compile_s=max(limits.compile_s, 900), call_s=max(limits.call_s, 600)),
@@ -68,8 +76,9 @@ def measure_baseline(problem: Problem, density: float, limits: Limits,
         reason = (child.error or {}).get("message") or f"{child.status} during {child.phase}: {child.stderr_tail[-400:]}"
         return Baseline(error=f"baseline not measured: {reason}")
     baseline = Baseline(**record["baseline"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(baseline)))
+    if baseline.timed_alone:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(replace(baseline, turn_waits=[]))))  # waited once, not at each reading
     return baseline
 
 
@@ -123,19 +132,19 @@ def run(job: dict, channel) -> dict:
             for i in range(3)]
     result = Baseline(gpu=torch.cuda.get_device_name())
     gqa = shape.heads != shape.kv_heads
-    turns = Turns(job.get("turn_file"))
+    turns = Turns(job.get("turn_file"), job.get("turn_wait_s", gpu_turns.WAIT_S))
     with buffers_on(spec, {n: t.cuda() for n, t in spec.buffers.items()}):
         for mode in job["modes"]:
             channel.phase(f"compile flex ({mode})", limit="compile")
             call = flex_call(spec, shape, mode)
             call(*sets[0])  # compiled (max-autotune: for minutes) before the turn, which only the timing needs
             torch.cuda.synchronize()
-            with gpu_turns.in_child(turns, channel, f"timing flex ({mode})"):
+            with gpu_turns.in_child(turns, channel, f"timing the baseline's flex ({mode})"):
                 channel.phase(f"time flex ({mode})")
                 t = timing.time_calls(lambda i, call=call: call(*sets[i]), len(sets))
             setattr(result, "flex_ms" if mode == "default" else "flex_autotune_ms", t.ms)
     result.sdpa_kind = sdpa_kind(spec, shape)
-    with gpu_turns.in_child(turns, channel, "timing SDPA and the matmul peak"):
+    with gpu_turns.in_child(turns, channel, "timing the baseline's SDPA and matmul peak"):
         if result.sdpa_kind:
             channel.phase("sdpa")
 
@@ -147,6 +156,7 @@ def run(job: dict, channel) -> dict:
             result.sdpa_ms = timing.time_calls(sdpa, len(sets)).ms
         channel.phase("matmul peak")
         result.peak_tflops = timing.matmul_peak_tflops(dtype)
+    result.turn_waits = [asdict(w) for w in turns.waits]
     return asdict(result)
 
 

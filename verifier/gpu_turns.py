@@ -12,7 +12,8 @@ A turn is a file lock on a file named after the GPU's UUID, in the temporary fol
 (the same for every process on the machine, whatever each sees as `cuda:0`). The operating system releases it when
 its holder exits or is killed, so a hung candidate killed at its deadline leaves no turn held. A turn not had
 within its timeout is gone ahead without, which is how the verifier worked before turns; a verdict's notes say
-which turns it waited for (the baseline's, measured once per problem, are not said).
+which turns it waited for (the baseline's in the verification that measured it: it is measured once per problem,
+and cached only where it had every turn).
 """
 from __future__ import annotations
 
