@@ -180,7 +180,6 @@ def test_a_verification_waits_for_the_gpus_turn_another_holds_on_its_own_turn_fi
                                        for n in verdict.notes)
 
 
-
 @pytest.mark.slow
 def test_a_baseline_timed_without_the_gpus_turn_is_said_and_not_cached(specs, tmp_path, monkeypatch):
     """Another process holds the GPU's turn past the baseline's wait: the baseline goes ahead without it (its times
