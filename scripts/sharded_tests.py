@@ -14,6 +14,13 @@ limits"), so a shard can wait for another's.
 
 With --only, this call runs some of the shards (`--shards 4 --only 0,1`, then `--only 2,3` in a later call):
 a suite longer than one call, split over calls, each test in exactly one of them.
+
+Each test's outcome is also written the moment it is known, to shardN.outcomes ("passed NODEID" lines), so a
+shard cut off by a call's time limit still says which of its tests passed. --skip-passed FOLDER_OR_FILE (as
+often as wanted) leaves out the tests that passed there and deals the rest: a later call runs only what an
+earlier one did not reach or did not pass.
+
+    python scripts/sharded_tests.py --shards 4 --skip-passed $EARLIER --out $OUT -- tests/test_gpu_verifier.py
 """
 from __future__ import annotations
 
@@ -27,12 +34,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_VARIABLE = "KGEN_SHARD"
 FAILURES_VARIABLE = "KGEN_SHARD_FAILURES"  # the file each failure is written to the moment it is known
+OUTCOMES_VARIABLE = "KGEN_SHARD_OUTCOMES"  # the file each test's outcome is written to the moment it is known
+SKIP_VARIABLE = "KGEN_SHARD_SKIP"  # a file of node ids (one a line) that passed before: left out before dealing
 
 
 def pytest_collection_modifyitems(config, items):
     """As a pytest plugin (-p scripts.sharded_tests) in shard i of n (KGEN_SHARD="i/n"): keep every n-th test from
     the i-th, round-robin in collection order, so that each shard gets some of every parametrized family (their
     costs differ)."""
+    skip = os.environ.get(SKIP_VARIABLE)
+    if skip:
+        passed = set(Path(skip).read_text().splitlines())
+        config.hook.pytest_deselected(items=[item for item in items if item.nodeid in passed])
+        items[:] = [item for item in items if item.nodeid not in passed]
     shard = os.environ.get(SHARD_VARIABLE)
     if shard:
         i, n = map(int, shard.split("/"))
@@ -43,11 +57,27 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_logreport(report):
-    """As the plugin: a failed test's (or its setup's) report, appended and flushed at once."""
+    """As the plugin: a failed test's (or its setup's) report, and each test's outcome, appended and flushed at
+    once."""
     path = os.environ.get(FAILURES_VARIABLE)
     if path and report.failed:
         with open(path, "a") as failures:
             failures.write(f"==== {report.nodeid} ({report.when}) FAILED\n{report.longreprtext}\n\n")
+    path = os.environ.get(OUTCOMES_VARIABLE)
+    # a test's outcome: its call's, or its setup's where that failed or skipped it, or a failed teardown's
+    if path and (report.when == "call" or report.outcome != "passed"):
+        with open(path, "a") as outcomes:
+            outcomes.write(f"{report.outcome} {report.nodeid}\n")
+
+
+def passed_before(sources: list[Path]) -> set[str]:
+    """The node ids that passed in earlier runs' outcomes (folders of shardN.outcomes, or such files), and did
+    not also fail there (a teardown that failed after its call passed)."""
+    lines = [line.split(" ", 1) for source in sources
+             for path in (sorted(source.glob("*.outcomes")) if source.is_dir() else [source])
+             for line in path.read_text().splitlines() if " " in line]
+    failed = {nodeid for outcome, nodeid in lines if outcome == "failed"}
+    return {nodeid for outcome, nodeid in lines if outcome == "passed"} - failed
 
 
 def totals(junit: Path) -> dict[str, int]:
@@ -63,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--only", help="comma-separated shard numbers to run (default: every shard)")
     parser.add_argument("--out", type=Path, required=True, help="folder for each shard's log and JUnit file")
+    parser.add_argument("--skip-passed", type=Path, action="append", default=[], metavar="FOLDER_OR_FILE",
+                        help="leave out the tests that passed in an earlier run's --out folder (or outcomes file)")
     parser.add_argument("pytest_args", nargs="+", help="after --: the test file(s) and pytest options")
     args = parser.parse_args(argv)
     if args.shards < 1:
@@ -70,15 +102,22 @@ def main(argv: list[str] | None = None) -> int:
     shards = [int(i) for i in args.only.split(",")] if args.only else list(range(args.shards))
     if not all(0 <= i < args.shards for i in shards):
         parser.error(f"--only: shard numbers run from 0 to {args.shards - 1}")
+    missing = [str(path) for path in args.skip_passed if not path.exists()]
+    if missing:
+        parser.error(f"--skip-passed: no such folder or file: {', '.join(missing)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    skip = args.out / "skipped-as-passed.txt"  # the node ids left out, for the plugin and for the reader
+    skip.write_text("".join(f"{nodeid}\n" for nodeid in sorted(passed_before(args.skip_passed))))
     running = []
     for i in shards:
         log = open(args.out / f"shard{i}.log", "w")
         command = [sys.executable, "-m", "pytest", "-q", "-p", "scripts.sharded_tests",
                    f"--junitxml={args.out / f'shard{i}.xml'}", *args.pytest_args]
-        (args.out / f"shard{i}.failures").write_text("")
-        env = {**os.environ, SHARD_VARIABLE: f"{i}/{args.shards}",
-               FAILURES_VARIABLE: str(args.out / f"shard{i}.failures")}
+        for kind in ("failures", "outcomes"):
+            (args.out / f"shard{i}.{kind}").write_text("")
+        env = {**os.environ, SHARD_VARIABLE: f"{i}/{args.shards}", SKIP_VARIABLE: str(skip),
+               FAILURES_VARIABLE: str(args.out / f"shard{i}.failures"),
+               OUTCOMES_VARIABLE: str(args.out / f"shard{i}.outcomes")}
         running.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     codes = []
     for process, log in running:
@@ -87,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     summed: dict[str, int] = {}
     stopped = [i for i in shards if not (args.out / f"shard{i}.xml").exists()]
     for i in stopped:
-        print(f"shard {i} stopped before its report: see shard{i}.log and shard{i}.failures")
+        reached = [line.split(" ", 1)[0] for line in (args.out / f"shard{i}.outcomes").read_text().splitlines()]
+        print(f"shard {i} stopped before its report, {reached.count('passed')} passed and "
+              f"{reached.count('failed')} failed by then: see shard{i}.outcomes, shard{i}.failures and shard{i}.log")
     for i in shards:
         if i in stopped:
             continue

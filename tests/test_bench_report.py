@@ -267,6 +267,39 @@ def test_sharded_tests_only_runs_the_shards_named_and_together_they_run_every_te
     assert run("3", tmp_path / "c").returncode == 2  # no such shard: a usage error
 
 
+
+def test_a_later_call_runs_only_the_tests_an_earlier_one_did_not_pass(tmp_path):
+    """A shard cut off mid-run still says, in its outcomes file, which tests passed before it stopped; a second run
+    with --skip-passed deals only the rest: those after the cut, the failed one, and none that passed."""
+    tests = tmp_path / "test_sample.py"
+    tests.write_text("import os, pytest\n\n"
+                     "@pytest.mark.parametrize('i', ['a b', 'c'])\ndef test_passes(i):\n    pass\n\n"
+                     "def test_fails():\n    assert False\n\n"
+                     "def test_cut_off():\n    if not os.environ.get('SECOND'):\n        os._exit(9)\n\n"
+                     "def test_after_the_cut():\n    pass\n")
+
+    def run(out: Path, *extra: str, env: dict | None = None):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "1", *extra,
+                               "--out", str(out), "--", str(tests), "-p", "no:cacheprovider"],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    first = run(tmp_path / "first")
+    assert first.returncode == 1
+    assert "shard 0 stopped before its report, 2 passed and 1 failed by then" in first.stdout, first.stdout
+    outcomes = (tmp_path / "first" / "shard0.outcomes").read_text().splitlines()
+    assert [line.split(" ", 1)[0] for line in outcomes] == ["passed", "passed", "failed"]
+    assert outcomes[0].endswith("::test_passes[a b]")  # node ids with spaces kept whole
+    second = run(tmp_path / "second", "--skip-passed", str(tmp_path / "first"), env={**os.environ, "SECOND": "1"})
+    assert second.returncode == 1 and "1 failures, 0 errors, 0 skipped, 2 passed of 3" in second.stdout
+    ran = [line.split("::", 1)[1] for line in (tmp_path / "second" / "shard0.outcomes").read_text().splitlines()]
+    assert ran == ["test_fails", "test_cut_off", "test_after_the_cut"]
+    skipped = (tmp_path / "second" / "skipped-as-passed.txt").read_text().splitlines()
+    assert [nodeid.split("::", 1)[1] for nodeid in skipped] == ["test_passes[a b]", "test_passes[c]"]
+    third = run(tmp_path / "third", "--skip-passed", str(tmp_path / "first"), "--skip-passed",
+                str(tmp_path / "second" / "shard0.outcomes"))
+    assert third.returncode == 1 and "1 failures, 0 errors, 0 skipped, 0 passed of 1" in third.stdout  # test_fails
+    assert run(tmp_path / "fourth", "--skip-passed", str(tmp_path / "nowhere")).returncode == 2
+
 def test_sustained_runs_read_nvidia_smis_samples_and_leave_out_the_settling_third():
     from benchmarks.sustained import parse_samples, summarize
 
