@@ -41,7 +41,7 @@ SKIP_VARIABLE = "KGEN_SHARD_SKIP"  # a file of node ids (one a line) that passed
 def pytest_collection_modifyitems(config, items):
     """As a pytest plugin (-p scripts.sharded_tests) in shard i of n (KGEN_SHARD="i/n"): keep every n-th test from
     the i-th, round-robin in collection order, so that each shard gets some of every parametrized family (their
-    costs differ)."""
+    costs differ). The tests listed in KGEN_SHARD_SKIP's file (passed before) are left out first."""
     skip = os.environ.get(SKIP_VARIABLE)
     if skip:
         passed = set(Path(skip).read_text().splitlines())
