@@ -21,6 +21,9 @@ often as wanted) leaves out the tests that passed there and deals the rest: a la
 earlier one did not reach or did not pass.
 
     python scripts/sharded_tests.py --shards 4 --skip-passed $EARLIER --out $OUT -- tests/test_gpu_verifier.py
+
+Every GPU turn the shards' verifications take is logged to turns.log in --out, and the summary says how much of
+the run's time the GPU's turn was held: near all of it, and more processes would only wait longer.
 """
 from __future__ import annotations
 
@@ -28,10 +31,12 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TURN_LOG_VARIABLE = "KGEN_TURN_LOG"  # verifier.gpu_turns.LOG_VARIABLE (not imported: the plugin stays light)
 SHARD_VARIABLE = "KGEN_SHARD"
 FAILURES_VARIABLE = "KGEN_SHARD_FAILURES"  # the file each failure is written to the moment it is known
 OUTCOMES_VARIABLE = "KGEN_SHARD_OUTCOMES"  # the file each test's outcome is written to the moment it is known
@@ -80,6 +85,17 @@ def passed_before(sources: list[Path]) -> set[str]:
     return {nodeid for outcome, nodeid in lines if outcome == "passed"} - failed
 
 
+def turns_held(log: Path, seconds: float) -> str | None:
+    """A line on how long the GPU's turn was held (turns had only: they never overlap) over a run of `seconds`."""
+    fields = [line.split(" ", 5) for line in (log.read_text().splitlines() if log.exists() else [])]
+    if not fields:
+        return None
+    held = [float(f[3]) for f in fields if len(f) == 6 and f[4] == "True"]
+    without = sum(1 for f in fields if len(f) == 6 and f[4] != "True")
+    return (f"the GPU's turn was held {sum(held):.0f} s of the {seconds:.0f} s run ({sum(held) / seconds:.0%}), "
+            f"{len(held)} turns" + (f"; {without} went ahead without it" if without else "") + f": see {log}")
+
+
 def totals(junit: Path) -> dict[str, int]:
     suite = ElementTree.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     skip = args.out / "skipped-as-passed.txt"  # the node ids left out, for the plugin and for the reader
     skip.write_text("".join(f"{nodeid}\n" for nodeid in sorted(passed_before(args.skip_passed))))
+    turn_log = args.out / "turns.log"
+    turn_log.write_text("")
+    started = time.monotonic()
     running = []
     for i in shards:
         log = open(args.out / f"shard{i}.log", "w")
@@ -117,12 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / f"shard{i}.{kind}").write_text("")
         env = {**os.environ, SHARD_VARIABLE: f"{i}/{args.shards}", SKIP_VARIABLE: str(skip),
                FAILURES_VARIABLE: str(args.out / f"shard{i}.failures"),
-               OUTCOMES_VARIABLE: str(args.out / f"shard{i}.outcomes")}
+               OUTCOMES_VARIABLE: str(args.out / f"shard{i}.outcomes"), TURN_LOG_VARIABLE: str(turn_log)}
         running.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     codes = []
     for process, log in running:
         codes.append(process.wait())
         log.close()
+    held = turns_held(turn_log, time.monotonic() - started)
+    if held:
+        print(held)
     summed: dict[str, int] = {}
     stopped = [i for i in shards if not (args.out / f"shard{i}.xml").exists()]
     for i in stopped:

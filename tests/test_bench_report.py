@@ -300,6 +300,28 @@ def test_a_later_call_runs_only_the_tests_an_earlier_one_did_not_pass(tmp_path):
     assert third.returncode == 1 and "1 failures, 0 errors, 0 skipped, 0 passed of 1" in third.stdout  # test_fails
     assert run(tmp_path / "fourth", "--skip-passed", str(tmp_path / "nowhere")).returncode == 2
 
+
+def test_sharded_tests_say_how_long_the_gpus_turn_was_held(tmp_path):
+    """The shards' turns (verifier.gpu_turns, here on a test lock file) go to one log, and the summary says how
+    much of the run they held: turns never overlap, so near all of it means more processes would only wait."""
+    tests = tmp_path / "test_sample.py"
+    tests.write_text("import pytest, time\nfrom verifier.gpu_turns import Turns\n\n"
+                     "@pytest.mark.parametrize('i', range(2))\ndef test_takes_a_turn(i):\n"
+                     f"    with Turns({str(tmp_path / 'gpu.lock')!r}).take(f'turn {{i}}'):\n"
+                     "        time.sleep(1.0)\n")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "2", "--out",
+                             str(out), "--", str(tests), "-p", "no:cacheprovider"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    held = [line.split(" ", 5) for line in (out / "turns.log").read_text().splitlines()]
+    assert sorted(f[5] for f in held) == ["turn 0", "turn 1"] and len({f[1] for f in held}) == 2  # two processes
+    assert all(float(f[3]) >= 1.0 and f[4] == "True" for f in held)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("the GPU's turn was held"))
+    assert line.startswith(f"the GPU's turn was held {sum(float(f[3]) for f in held):.0f} s of the ")
+    assert ", 2 turns: see" in line and "went ahead" not in line
+    assert float(line.split(" of the ")[1].split(" s run")[0]) >= 2.0  # the two turns one after the other
+
 def test_sustained_runs_read_nvidia_smis_samples_and_leave_out_the_settling_third():
     from benchmarks.sustained import parse_samples, summarize
 

@@ -74,16 +74,20 @@ def test_a_killed_holder_leaves_no_turn_held(tmp_path):
             assert wait.had and 0.5 < wait.seconds < 30.0
 
 
-def test_a_turn_not_had_in_time_is_gone_ahead_without_and_the_note_says_so(tmp_path):
-    lock = tmp_path / "gpu.lock"
+def test_a_turn_not_had_in_time_is_gone_ahead_without_and_the_note_and_the_log_say_so(tmp_path):
+    lock, log = tmp_path / "gpu.lock", tmp_path / "turns.log"
     with held_elsewhere(lock):
-        turns = Turns(str(lock), wait_s=0.5)
+        turns = Turns(str(lock), wait_s=0.5, log=str(log))
         with turns.take("timing") as wait:
             assert not wait.had and 0.5 <= wait.seconds < 10.0
     assert turns.waits == [wait]
     note = describe(turns.waits)
     assert note.startswith("waited for the GPU's turn") and "timing 0." in note
     assert "went ahead without it" in note
+    [line] = log.read_text().splitlines()
+    assert line.split(" ", 5)[4:] == ["False", "timing"]
+    from scripts.sharded_tests import turns_held
+    assert "0 turns; 1 went ahead without it" in turns_held(log, 1.0)
 
 
 def test_what_a_process_waits_for_is_known_while_it_waits(tmp_path):

@@ -3,6 +3,7 @@ reference for the sampled heads alone, and the whole path through a real child p
 interpreter cannot run 4 GB, but the sampling is the same at any size)."""
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import threading
@@ -320,13 +321,17 @@ def test_a_kernel_right_at_every_head_passes_the_sampled_trial(sampling_verifier
     assert any(t["shape"] == "B2 H8/4 N17x33 D32" and t["ok"] for t in numbers.details["trials"])
 
 
-def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the_verdict_says_so(tmp_path):
+def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the_verdict_says_so(tmp_path,
+                                                                                                    monkeypatch):
     """Verifications in other processes on the GPU hold its turn while they run their own past-limits trial (22-32
     GB a process on an H100): this one's child and its reference wait for it. The wait is its own phase, so the
     child is not taken for hung at the 3 s deadline of the trial before; and the trial cannot have run before the
-    holder let go, which is why the verification took longer than the hold."""
+    holder let go, which is why the verification took longer than the hold. The turn log (KGEN_TURN_LOG) has every
+    process's turns, the candidate's too, whose environment is scrubbed."""
     from test_gpu_turns import holder, wait_until_held
 
+    from verifier.gpu_turns import LOG_VARIABLE
+    monkeypatch.setenv(LOG_VARIABLE, str(tmp_path / "turns.log"))
     v = verifier_sampling([(0, 1), (1, 6)])
     v.options = replace(v.options, limits=Limits(compile_s=60.0, call_s=3.0))
     v.turns = Turns(str(tmp_path / "gpu.lock"))  # (a CPU verifier has none: the GPU's file is named by its UUID)
@@ -356,6 +361,13 @@ def test_the_sampled_trial_waits_for_the_gpus_turn_another_process_holds_and_the
     waiting = f"waiting for the GPU's turn: the trial past the index limits ({sampled})"
     assert any(line.endswith(f"[yellow]{waiting}[/]") for line in lines)
     assert any("waiting" not in line for line in lines) and v.waiting_for_turn() is None
+    logged = {f[5]: f for f in (line.split(" ", 5) for line in (tmp_path / "turns.log").read_text().splitlines())}
+    holding, trial, ref = logged["holding"], logged[f"the trial past the index limits ({sampled})"], \
+        logged[f"the reference of {sampled}"]
+    assert int(holding[1]) == process.pid and float(holding[3]) >= hold_s - 0.5
+    assert int(ref[1]) == os.getpid() and int(trial[1]) not in (os.getpid(), process.pid)  # the candidate's
+    assert float(trial[2]) > 1.0 and trial[4] == ref[4] == "True"  # it waited for the holder, then had the turn
+    assert float(trial[0]) - float(trial[3]) >= float(holding[0]) - 0.1  # held only once the holder let go
 
 
 def test_a_verification_waiting_for_the_gpus_turn_stops_when_the_run_gives_it_up(tmp_path):

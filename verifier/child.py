@@ -320,7 +320,7 @@ def fingerprint(t: torch.Tensor) -> tuple[int, int]:
 
 def run_check(job: dict, channel: Channel, fn, buffers) -> None:
     checker = Checker(job, fn, buffers)
-    turns = Turns(job.get("turn_file"), job.get("turn_wait_s", WAIT_S))
+    turns = Turns(job.get("turn_file"), job.get("turn_wait_s", WAIT_S), job.get("turn_log"))
     for i, data in enumerate(job["trials"]):
         trial = Trial.from_dict(data)
         with memory_turn(trial, turns, channel) as wait:

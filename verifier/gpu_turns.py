@@ -17,6 +17,7 @@ and cached only where it had every turn).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -28,6 +29,9 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 CHILD_WAITING = "waiting for the GPU's turn: "  # the phase a child reports while it waits, then what for
+# where set, a file every turn is logged to when it ends, by every process (children get it through their job):
+# "<end time> <pid> <seconds waited> <seconds held> <had it> <what>" lines, for a reader to see what held the GPU
+LOG_VARIABLE = "KGEN_TURN_LOG"
 WAIT_S = 1800.0  # longest a turn is waited for: other verifications' turns end at their own deadlines
 POLL_S = 0.25  # how often a wait looks at its cancel event
 
@@ -59,8 +63,9 @@ def lock_path(device: str) -> str | None:
 class Turns:
     """The GPU's turns as one process takes them (a thread at a time too), and the waits they cost."""
 
-    def __init__(self, path: str | None, wait_s: float = WAIT_S):
+    def __init__(self, path: str | None, wait_s: float = WAIT_S, log: str | None = None):
         self.path, self.wait_s = path, wait_s
+        self.log = log or os.environ.get(LOG_VARIABLE)
         # thread_local: each thread holds its own file descriptor, so two threads of a process take turns as
         # two processes do (and a thread taking its own turn again nests)
         self._lock = FileLock(path, mode=0o666, thread_local=True) if path else None
@@ -86,11 +91,18 @@ class Turns:
         wait.seconds = time.monotonic() - started
         with self._guard:
             self.waits.append(wait)
+        held = time.monotonic()
         try:
             yield wait
         finally:
             if wait.had:
                 self._lock.release()
+            self._write_log(wait, time.monotonic() - held)
+
+    def _write_log(self, wait: Wait, held_s: float) -> None:
+        if self.log:
+            with open(self.log, "a") as log:  # one short append a line: lines from processes do not interleave
+                log.write(f"{time.time():.3f} {os.getpid()} {wait.seconds:.3f} {held_s:.3f} {wait.had} {wait.what}\n")
 
     def _acquire(self, deadline: float) -> bool:
         """Whether the turn was had by `deadline`, waiting in slices so that a cancel is seen."""
