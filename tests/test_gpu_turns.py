@@ -90,6 +90,16 @@ def test_a_turn_not_had_in_time_is_gone_ahead_without_and_the_note_and_the_log_s
     assert "0 turns; 1 went ahead without it" in turns_held(log, 1.0)
 
 
+def test_a_turn_log_that_cannot_be_written_warns_and_the_turns_go_on(tmp_path):
+    turns = Turns(str(tmp_path / "gpu.lock"), log=str(tmp_path / "no such folder" / "turns.log"))
+    with pytest.warns(UserWarning, match="cannot write the turn log"):
+        with turns.take("timing") as wait:
+            assert wait.had
+    with turns.take("timing again") as wait:  # warned once, then unlogged
+        assert wait.had
+    assert [w.what for w in turns.waits] == ["timing", "timing again"]
+
+
 def test_what_a_process_waits_for_is_known_while_it_waits(tmp_path):
     """For the live status line of `kgen attention` (verifier.Verifier.waiting_for_turn)."""
     lock = tmp_path / "gpu.lock"

@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +101,14 @@ class Turns:
             self._write_log(wait, time.monotonic() - held)
 
     def _write_log(self, wait: Wait, held_s: float) -> None:
-        if self.log:
+        if not self.log:
+            return
+        try:
             with open(self.log, "a") as log:  # one short append a line: lines from processes do not interleave
                 log.write(f"{time.time():.3f} {os.getpid()} {wait.seconds:.3f} {held_s:.3f} {wait.had} {wait.what}\n")
+        except OSError as e:  # a diagnostic: it must not fail the verification that took the turn
+            warnings.warn(f"{LOG_VARIABLE}: cannot write the turn log {self.log} ({e}); turns go unlogged")
+            self.log = None
 
     def _acquire(self, deadline: float) -> bool:
         """Whether the turn was had by `deadline`, waiting in slices so that a cancel is seen."""
