@@ -75,12 +75,17 @@ def pytest_runtest_logreport(report):
             outcomes.write(f"{report.outcome} {report.nodeid}\n")
 
 
+def read_outcomes(path: Path) -> list[tuple[str, str]]:
+    """An outcomes file's (outcome, node id) pairs, in the order they were written."""
+    return [tuple(line.split(" ", 1)) for line in path.read_text().splitlines() if " " in line]
+
+
 def passed_before(sources: list[Path]) -> set[str]:
     """The node ids that passed in earlier runs' outcomes (folders of shardN.outcomes, or such files), and did
     not also fail there (a teardown that failed after its call passed)."""
-    lines = [line.split(" ", 1) for source in sources
+    lines = [pair for source in sources
              for path in (sorted(source.glob("*.outcomes")) if source.is_dir() else [source])
-             for line in path.read_text().splitlines() if " " in line]
+             for pair in read_outcomes(path)]
     failed = {nodeid for outcome, nodeid in lines if outcome == "failed"}
     return {nodeid for outcome, nodeid in lines if outcome == "passed"} - failed
 
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     summed: dict[str, int] = {}
     stopped = [i for i in shards if not (args.out / f"shard{i}.xml").exists()]
     for i in stopped:
-        reached = [line.split(" ", 1)[0] for line in (args.out / f"shard{i}.outcomes").read_text().splitlines()]
+        reached = [outcome for outcome, _ in read_outcomes(args.out / f"shard{i}.outcomes")]
         print(f"shard {i} stopped before its report, {reached.count('passed')} passed and "
               f"{reached.count('failed')} failed by then: see shard{i}.outcomes, shard{i}.failures and shard{i}.log")
     for i in shards:

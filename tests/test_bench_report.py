@@ -212,6 +212,13 @@ def test_shapes_are_read_with_and_without_gqa():
             parse_shape(bad)
 
 
+def run_sharded(tests: Path, out: Path, *options: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """scripts/sharded_tests.py on a sample test file, as a user runs it: its options, then the file after --."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), *options, "--out", str(out),
+                           "--", str(tests), "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
 def test_sharded_tests_deal_every_test_once_and_report_the_sum(tmp_path):
     """scripts/sharded_tests.py: tests dealt round-robin to processes run at once, the totals summed from their
     JUnit files, and the exit status 1 when any shard has a failure."""
@@ -221,9 +228,7 @@ def test_sharded_tests_deal_every_test_once_and_report_the_sum(tmp_path):
                      "def test_fails():\n    assert 1 == 2\n\n"
                      "@pytest.mark.skip(reason='a skip')\ndef test_skipped():\n    pass\n")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "3", "--out",
-                             str(out), "--", str(tests), "-p", "no:cacheprovider"], capture_output=True, text=True,
-                            timeout=300)
+    result = run_sharded(tests, out, "--shards", "3")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "3 shard(s): 1 failures, 0 errors, 1 skipped, 5 passed of 7" in result.stdout
     from scripts.sharded_tests import totals
@@ -239,9 +244,7 @@ def test_sharded_tests_write_each_failure_the_moment_it_is_known(tmp_path):
     tests.write_text("import os\n\ndef test_fails():\n    assert 1 + 1 == 3, 'the sum is off'\n\n"
                      "def test_passes():\n    pass\n\ndef test_stops_the_process():\n    os._exit(9)\n")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "1", "--out",
-                             str(out), "--", str(tests), "-p", "no:cacheprovider"], capture_output=True, text=True,
-                            timeout=300)
+    result = run_sharded(tests, out, "--shards", "1")
     assert result.returncode == 1
     assert "shard 0 stopped before its report" in result.stdout
     assert "the sum is off" not in (out / "shard0.log").read_text()  # pytest never reached its summary
@@ -256,16 +259,13 @@ def test_sharded_tests_only_runs_the_shards_named_and_together_they_run_every_te
                      "def test_fails():\n    assert 1 == 2\n")
 
     def run(only: str, out: Path):
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "3", "--only",
-                               only, "--out", str(out), "--", str(tests), "-p", "no:cacheprovider"],
-                              capture_output=True, text=True, timeout=300)
+        return run_sharded(tests, out, "--shards", "3", "--only", only)
 
     first, second = run("0,1", tmp_path / "a"), run("2", tmp_path / "b")
     assert first.returncode == 1 and "2 shard(s): 1 failures, 0 errors, 0 skipped, 4 passed of 5" in first.stdout
     assert second.returncode == 0 and "1 shard(s): 0 failures, 0 errors, 0 skipped, 2 passed of 2" in second.stdout
     assert sorted(p.name for p in (tmp_path / "a").glob("*.xml")) == ["shard0.xml", "shard1.xml"]
     assert run("3", tmp_path / "c").returncode == 2  # no such shard: a usage error
-
 
 
 def test_a_later_call_runs_only_the_tests_an_earlier_one_did_not_pass(tmp_path):
@@ -279,9 +279,7 @@ def test_a_later_call_runs_only_the_tests_an_earlier_one_did_not_pass(tmp_path):
                      "def test_after_the_cut():\n    pass\n")
 
     def run(out: Path, *extra: str, env: dict | None = None):
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "1", *extra,
-                               "--out", str(out), "--", str(tests), "-p", "no:cacheprovider"],
-                              capture_output=True, text=True, timeout=300, env=env)
+        return run_sharded(tests, out, "--shards", "1", *extra, env=env)
 
     first = run(tmp_path / "first")
     assert first.returncode == 1
@@ -310,9 +308,7 @@ def test_sharded_tests_say_how_long_the_gpus_turn_was_held(tmp_path):
                      f"    with Turns({str(tmp_path / 'gpu.lock')!r}).take(f'turn {{i}}'):\n"
                      "        time.sleep(1.0)\n")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sharded_tests.py"), "--shards", "2", "--out",
-                             str(out), "--", str(tests), "-p", "no:cacheprovider"], capture_output=True, text=True,
-                            timeout=300)
+    result = run_sharded(tests, out, "--shards", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     held = [line.split(" ", 5) for line in (out / "turns.log").read_text().splitlines()]
     assert sorted(f[5] for f in held) == ["turn 0", "turn 1"] and len({f[1] for f in held}) == 2  # two processes

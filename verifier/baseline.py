@@ -67,8 +67,7 @@ def measure_baseline(problem: Problem, density: float, limits: Limits,
     if path.exists():
         return Baseline(**json.loads(path.read_text()))
     job = {"spec": asdict(problem.spec), "shape": asdict(problem.shape), "dtype": problem.dtype, "modes": list(modes),
-           "turn_file": lock_path("cuda"), "turn_wait_s": turn_wait_s,  # its timing takes the GPU's turn
-           "turn_log": turn_log}
+           **Turns(lock_path("cuda"), turn_wait_s, turn_log).job()}  # its timing takes the GPU's turn
     with tempfile.TemporaryDirectory(prefix="kgen-baseline-") as tmp:
         # compiling flex (max-autotune above all) takes minutes: give it room
         child = run_child(job, Path(tmp), Limits(compile_s=max(limits.compile_s, 900), call_s=max(limits.call_s, 600)),
@@ -134,7 +133,7 @@ def run(job: dict, channel) -> dict:
             for i in range(3)]
     result = Baseline(gpu=torch.cuda.get_device_name())
     gqa = shape.heads != shape.kv_heads
-    turns = Turns(job.get("turn_file"), job.get("turn_wait_s", gpu_turns.WAIT_S), job.get("turn_log"))
+    turns = Turns.from_job(job)
     with buffers_on(spec, {n: t.cuda() for n, t in spec.buffers.items()}):
         for mode in job["modes"]:
             channel.phase(f"compile flex ({mode})", limit="compile")

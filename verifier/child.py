@@ -26,7 +26,7 @@ import torch
 
 from verifier import every_row, gpu_turns, guards
 from verifier.gpu_memory import first_line, hand_back_cached_memory, out_of_memory, ran_out_in_own_work
-from verifier.gpu_turns import WAIT_S, Turns
+from verifier.gpu_turns import Turns
 from verifier.guards import CallWatch, guarded
 from verifier.problem import DTYPES, Shape
 from verifier.spec import SpecFiles, load_spec
@@ -320,7 +320,7 @@ def fingerprint(t: torch.Tensor) -> tuple[int, int]:
 
 def run_check(job: dict, channel: Channel, fn, buffers) -> None:
     checker = Checker(job, fn, buffers)
-    turns = Turns(job.get("turn_file"), job.get("turn_wait_s", WAIT_S), job.get("turn_log"))
+    turns = Turns.from_job(job)
     for i, data in enumerate(job["trials"]):
         trial = Trial.from_dict(data)
         with memory_turn(trial, turns, channel) as wait:

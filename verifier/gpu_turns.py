@@ -75,6 +75,15 @@ class Turns:
         self.waiting: str | None = None  # what a thread of this process is waiting for the turn for, if one is
         self.cancel: threading.Event | None = None  # set: a wait gives up (TurnCancelled)
 
+    def job(self) -> dict:
+        """What a child process needs in its job to take the same turns (`from_job` there)."""
+        return {"turn_file": self.path, "turn_wait_s": self.wait_s, "turn_log": self.log}
+
+    @classmethod
+    def from_job(cls, job: dict) -> Turns:
+        """The turns a parent's `job()` describes, in the child process (its environment is scrubbed)."""
+        return cls(job.get("turn_file"), job.get("turn_wait_s", WAIT_S), job.get("turn_log"))
+
     @contextmanager
     def take(self, what: str) -> Iterator[Wait]:
         """Hold the GPU's turn for the block (at once off the GPU). Raises TurnCancelled if `cancel` is set while it

@@ -197,7 +197,7 @@ class Verifier:
                "run_dtype": self.run_dtype, "out_dir": str(workdir.resolve()), "jit_functions": facts.jit_functions,
                "trials": [t.to_dict() for t in draw.suite], "then_time": timed,
                "shape": asdict(self.problem.shape), "seeds": draw.timing_seeds,
-               "turn_file": self.turns.path, "turn_wait_s": self.turns.wait_s, "turn_log": self.turns.log}
+               **self.turns.job()}
         env = {"TRITON_INTERPRET": "1"} if self.interpreted else {}
         return Child(job, workdir, self.options.limits, env, self.options.cancel)
 
