@@ -5,9 +5,9 @@ For every spec and shape: kgen's built-in proposer searches its configs exactly 
 timing: CUDA events on a non-default stream, L2 flushed, inputs rotated; 0.1 s a config, then 1 s for each config
 within 5% of the fastest, the fastest of those being the row's figure); FlexAttention is timed with
 torch.compile in the default mode and in max-autotune-no-cudagraphs; SDPA where the spec is plain or
-causal. Then a second round times kgen's pick, SDPA and the last flex mode (FLASH where timed: the one kgen
-is held against) again, in the reverse order, and each keeps the faster of its two figures; the table lists those
-whose two differ by more than 5%. TFLOP/s count unmasked work only. Results stream to a JSON file row by row.
+causal. Then a second round times kgen's pick and every baseline again, in the reverse order, and each keeps
+the faster of its two figures; the table lists those whose two differ by more than 5%. TFLOP/s count unmasked
+work only. Results stream to a JSON file row by row.
 
 So that the whole table fits one 10-minute device call, worker processes compile kgen's configs for the rows
 ahead (Triton's on-disk cache, nothing launched) while the GPU times the current row; each row times the flex
@@ -137,6 +137,11 @@ def measure(spec_path: Path, shape: Shape, dtype: torch.dtype, flex_modes: list[
     sets, buffers, check = target_inputs(spec, shape, dtype)
     kind = sdpa_kind(spec, shape)  # on the CPU copies of the buffers, so before they are swapped for GPU ones
     timers = {}  # contender -> a function that times it again
+    # each spec is a new score_mod for dynamo to guard on: past its recompile limit (8) it would silently run
+    # flex_attention eagerly (20x slower), so every row starts from a clean slate. Once a row, not once a mode: a
+    # reset drops what was compiled before it, and the second round calls every mode's compiled flex again (on the
+    # CPU's inductor a mode called again after another mode was compiled ran without compiling anew)
+    torch._dynamo.reset()
     with reference.buffers_on(spec, buffers):
         for mode in flex_modes:  # baselines first: meanwhile the workers compile this row's kgen configs
             with _phase(row, f"flex {mode}"):
@@ -150,7 +155,7 @@ def measure(spec_path: Path, shape: Shape, dtype: torch.dtype, flex_modes: list[
         if kgen_timer is not None:
             row.rounds_ms["kgen"] = [row.kgen_ms]
             with _phase(row, "second round"):
-                _second_round(row, {"kgen": kgen_timer, **_still_compiled(timers, flex_modes)})
+                _second_round(row, {"kgen": kgen_timer, **dict(reversed(timers.items()))})
     row.seconds = time.monotonic() - started
     return row
 
@@ -163,20 +168,12 @@ def _first_round(row: Row, name: str, timer, timers: dict) -> None:
     timers[name] = timer
 
 
-def _still_compiled(timers: dict, flex_modes: list[str]) -> dict:
-    """The baselines that can be timed again as they are: SDPA and the last flex mode. Each flex mode starts with a
-    dynamo reset (`_flex_timer`), which drops the modes compiled before it: timing those again would compile them
-    anew (max-autotune for minutes)."""
-    keep = ["sdpa"] + [f"flex {m}" for m in flex_modes[-1:]]
-    return {name: timers[name] for name in keep if name in timers}
-
-
 def _second_round(row: Row, timers: dict) -> None:
-    """Time the contenders in `timers` again, in its order (kgen first: the first round ended with it), and give each
-    the faster of its two figures. Timed once, one after another, a slow stretch of the GPU lands in one
-    contender's figure: in the forty-ninth session's table FlashAttention-4's key padding at N2048 took 0.372 ms
-    against 0.304 in the two tables before, and read as kgen 1.19x ahead. Both figures stay in `rounds_ms`; the
-    table lists the contenders whose two differ by more than UNSTEADY."""
+    """Time the contenders in `timers` again, in its order (the first round's reversed: kgen first, as the first
+    round ended with it), and give each the faster of its two figures. Timed once, one after another, a slow
+    stretch of the GPU lands in one contender's figure: in the forty-ninth session's table FlashAttention-4's key
+    padding at N2048 took 0.372 ms against 0.304 in the two tables before, and read as kgen 1.19x ahead. Both
+    figures stay in `rounds_ms`; the table lists the contenders whose two differ by more than UNSTEADY."""
     for name, timer in timers.items():
         _guarded(row, f"{name}, second round", lambda: row.rounds_ms[name].append(timer()))
     for name, rounds in row.rounds_ms.items():
@@ -282,9 +279,6 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
 
 def _flex_timer(spec, shape: Shape, sets, mode: str):
     """A function that times flex_attention in `mode` (compiled on its first call)."""
-    # each spec is a new score_mod for dynamo to guard on: past its recompile limit (8) it would silently run
-    # flex_attention eagerly (20x slower), so every row starts from a clean slate
-    torch._dynamo.reset()
     call = flex_call(spec, shape, mode)
     return lambda: timing.time_calls(lambda i: call(*sets[i]), len(sets), **TIMING).ms
 
