@@ -61,13 +61,15 @@ def cache_key(problem: Problem, modes: tuple[str, ...]) -> str:
 
 
 def measure_baseline(problem: Problem, density: float, limits: Limits,
-                     modes: tuple[str, ...] = ("default",), turn_wait_s: float = gpu_turns.WAIT_S,
-                     turn_log: str | None = None) -> Baseline:
+                     modes: tuple[str, ...] = ("default",), turns: Turns | None = None) -> Baseline:
+    """`turns`: the GPU's turns its timing takes (the verifier's; by default the problem's GPU's, with the usual
+    wait)."""
     path = cache_dir() / f"{cache_key(problem, modes)}.json"
     if path.exists():
         return Baseline(**json.loads(path.read_text()))
+    turns = turns or Turns(lock_path(problem.device))
     job = {"spec": asdict(problem.spec), "shape": asdict(problem.shape), "dtype": problem.dtype, "modes": list(modes),
-           **Turns(lock_path("cuda"), turn_wait_s, turn_log).job()}  # its timing takes the GPU's turn
+           **turns.job()}  # its timing takes the GPU's turn
     with tempfile.TemporaryDirectory(prefix="kgen-baseline-") as tmp:
         # compiling flex (max-autotune above all) takes minutes: give it room
         child = run_child(job, Path(tmp), Limits(compile_s=max(limits.compile_s, 900), call_s=max(limits.call_s, 600)),

@@ -115,8 +115,7 @@ class Verifier:
         if self.interpreted or not self.options.baseline:
             return None
         if self._baseline is None:
-            self._baseline = measure_baseline(self.problem, self.density, self.options.limits,
-                                              turn_wait_s=self.turns.wait_s, turn_log=self.turns.log)
+            self._baseline = measure_baseline(self.problem, self.density, self.options.limits, turns=self.turns)
             # its turns are said in the notes of the verification that measured it
             self.turns.add([Wait(**w) for w in self._baseline.turn_waits])
         return self._baseline
