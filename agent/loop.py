@@ -2,10 +2,14 @@
 
 Each proposer is a lineage running in its own thread (model requests take minutes, so N of them are in
 flight at once); candidates are judged one at a time by the verifier (GPU timing never overlaps), and every
-finished attempt is written to the run directory before anything else happens.
+finished attempt is written to the run directory before anything else happens. Events reach `on_event` on the
+thread that called `run()`: a lineage never writes to the console, so none is caught mid-write when the process
+exits with a lineage still waiting on its model (a daemon thread that holds stderr's lock at interpreter exit
+aborts the process).
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import traceback
@@ -24,6 +28,7 @@ from verifier.verify import Cancelled, Verifier
 
 MAX_PROPOSER_FAILURES = 3  # consecutive model failures (after the client's own retries) end a lineage
 WIND_DOWN_S = 15.0  # at the end, how long to wait for a killed verification to be written down
+LEAVE_S = 2.0  # at the end, how long lineages get to leave; one still waiting on its model is abandoned
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Search:
         self.verifier, self.rundir, self.record = verifier, rundir, record
         self.proposers, self.config = proposers, config
         self.on_event = on_event or (lambda kind, data: None)
+        self.events: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()  # for run()'s thread to deliver
         self.stop = threading.Event()  # no new work
         self.cancel = threading.Event()  # abandon the candidate being judged
         verifier.options.cancel = self.cancel
@@ -66,6 +72,7 @@ class Search:
                 if self.elapsed() >= self.config.budget_s:
                     self.record.stop_reason = "budget spent"
                     break
+                self._deliver_events()
                 time.sleep(0.1)
             else:
                 self.record.stop_reason = self.record.stop_reason or "every proposer has finished"
@@ -76,9 +83,11 @@ class Search:
             self.cancel.set()  # a verification in flight is killed; model requests in flight are abandoned
             if self.verify_lock.acquire(timeout=WIND_DOWN_S):  # the killed candidate is recorded under the lock
                 self.verify_lock.release()
+            _join(threads, LEAVE_S)
             if self.fatal is not None:
                 status, self.record.stop_reason = "failed", str(self.fatal)
             self._finish(status)
+            self._deliver_events()
         return self.record
 
     def elapsed(self) -> float:
@@ -175,7 +184,7 @@ class Search:
             if self.config.max_attempts and self.record.attempts >= self.config.max_attempts:
                 self.record.stop_reason = f"{self.config.max_attempts} attempts made"
                 self.stop.set()
-        self.on_event("attempt", {"attempt": attempt, "best": improved, "record": self.record})
+        self.events.put(("attempt", {"attempt": attempt, "best": improved, "record": self.record}))
         return attempt
 
     def _write_best(self, attempt: Attempt) -> None:
@@ -199,11 +208,25 @@ class Search:
             self.rundir.write_record(self.record)
             self.rundir.event("run_finished", status=status, stop_reason=self.record.stop_reason,
                               attempts=self.record.attempts, verified=self.record.verified, best=self.record.best)
-        self.on_event("finished", {"record": self.record})
+        self.events.put(("finished", {"record": self.record}))
 
     def _emit(self, kind: str, **data) -> None:
         self.rundir.event(kind, **data)
-        self.on_event(kind, data)
+        self.events.put((kind, data))
+
+    def _deliver_events(self) -> None:
+        while True:
+            try:
+                kind, data = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self.on_event(kind, data)
+
+
+def _join(threads: list[threading.Thread], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _faster(attempt: Attempt, best: Attempt | None) -> bool:

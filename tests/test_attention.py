@@ -197,8 +197,8 @@ def test_sigterm_mid_run_leaves_a_consistent_run_directory(server, tmp_path):
         time.sleep(0.2)
     assert run is not None, proc.communicate(timeout=5)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=30)
-    assert proc.returncode == 0  # a verified kernel exists
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr  # a verified kernel exists
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "interrupted"
     assert record["attempts"] == len(attempts(run)) == 1
