@@ -233,6 +233,7 @@ class _Ticker:
 
     def stop(self):
         self.done.set()
+        self.thread.join(1.0)  # no thread of ours may be mid-call at interpreter exit
 
 
 def status_line(session) -> str:
