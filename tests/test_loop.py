@@ -65,7 +65,7 @@ def test_events_reach_the_caller_on_its_own_thread_and_a_stuck_lineage_is_abando
     assert kinds[0] == "run_started" and kinds.count("attempt") == 2 and kinds[-1] == "finished", kinds
     assert {thread for _, thread in seen} == {threading.main_thread()}
     assert record.status == "finished" and record.stop_reason == "budget spent" and record.attempts == 2
-    assert 1.0 <= took < 1.0 + LEAVE_S + 1.0, took  # the stuck lineage held the run for LEAVE_S at most
+    assert 1.0 <= took < 1.0 + LEAVE_S + 5.0, took  # not the stuck lineage's 60 s: LEAVE_S and a loaded machine's slack
     events = [json.loads(line)["event"] for line in (rundir.path / "events.jsonl").read_text().splitlines()]
     assert events[0] == "run_started" and events[-1] == "run_finished"
 
