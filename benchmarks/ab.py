@@ -18,6 +18,7 @@ values the same, where the benchmark times contiguous ones.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import statistics
@@ -34,8 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.builtin.lower import lower_spec  # noqa: E402
 from agent.builtin.template import KernelConfig, render_kernel  # noqa: E402
-from benchmarks.bench import TIMING, load_module, parse_shape, target_inputs  # noqa: E402
-from verifier import timing  # noqa: E402
+from benchmarks.bench import load_module, parse_shape, target_inputs, time_on_sets  # noqa: E402
 from verifier.child import laid_out  # noqa: E402
 from verifier.problem import DTYPES  # noqa: E402
 from verifier.spec import SpecFiles, load_spec  # noqa: E402
@@ -111,7 +111,7 @@ def run_case(case: Case, renderers: dict, spec_dir: Path, dtype, reps: int, seco
         kernels[version] = fn
     for _ in range(reps):
         for version, fn in kernels.items():
-            ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), target_s=seconds, **TIMING).ms
+            ms = time_on_sets(sets, functools.partial(fn, **buffers), target_s=seconds)
             result.ms.setdefault(version, []).append(round(ms, 4))
             if host:
                 us = host_us_per_call(lambda i: fn(*sets[i], **buffers), len(sets))

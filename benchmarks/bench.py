@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import math
@@ -256,8 +257,7 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
             if ratio > 1.0:
                 row.errors.append(f"{cfg.label()}: wrong output ({ratio:.1f}x tolerance)")
             else:
-                ms = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), target_s=SEARCH_TIMING_S,
-                                       **TIMING).ms
+                ms = time_on_sets(sets, functools.partial(fn, **buffers), target_s=SEARCH_TIMING_S)
         except Exception as e:  # noqa: BLE001 - a config that fails to compile is skipped, and said so
             row.errors.append(f"{cfg.label()}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         search.record(cfg, ms)
@@ -270,24 +270,29 @@ def _kgen(row: Row, spec, shape: Shape, sets, buffers, check, workdir: Path, con
         return None
     timed.sort(key=lambda t: t[0])
     contenders = [t for t in timed if t[0] <= timed[0][0] * (1 + FINAL_ROUND_WITHIN)][:FINAL_ROUND_AT_MOST]
-    for _, cfg, fn, _ in contenders:
-        row.final_ms[cfg.label()] = timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), **TIMING).ms
-    _, cfg, fn, row.kgen_error_ratio = min(contenders, key=lambda t: row.final_ms[t[1].label()])
+    timers = {cfg.label(): functools.partial(time_on_sets, sets, functools.partial(fn, **buffers))
+              for _, cfg, fn, _ in contenders}
+    for label, timer in timers.items():
+        row.final_ms[label] = timer()
+    _, cfg, _, row.kgen_error_ratio = min(contenders, key=lambda t: row.final_ms[t[1].label()])
     row.kgen_config, row.kgen_ms = cfg.label(), row.final_ms[cfg.label()]
-    return lambda: timing.time_calls(lambda i: fn(*sets[i], **buffers), len(sets), **TIMING).ms
+    return timers[cfg.label()]
+
+
+def time_on_sets(sets, call, **options) -> float:
+    """Milliseconds of `call` over the input sets in turn, timed as every contender of the table is."""
+    return timing.time_calls(lambda i: call(*sets[i]), len(sets), **TIMING, **options).ms
 
 
 def _flex_timer(spec, shape: Shape, sets, mode: str):
     """A function that times flex_attention in `mode` (compiled on its first call)."""
-    call = flex_call(spec, shape, mode)
-    return lambda: timing.time_calls(lambda i: call(*sets[i]), len(sets), **TIMING).ms
+    return functools.partial(time_on_sets, sets, flex_call(spec, shape, mode))
 
 
 def _sdpa_timer(sets, kind: str):
-    f = torch.nn.functional.scaled_dot_product_attention
     gqa = sets[0][0].shape[1] != sets[0][1].shape[1]
-    return lambda: timing.time_calls(lambda i: f(*sets[i], is_causal=kind == "causal", enable_gqa=gqa), len(sets),
-                                     **TIMING).ms
+    return functools.partial(time_on_sets, sets, functools.partial(
+        torch.nn.functional.scaled_dot_product_attention, is_causal=kind == "causal", enable_gqa=gqa))
 
 
 def _guarded(row: Row, what: str, action) -> None:
