@@ -6,8 +6,10 @@ timing: CUDA events on a non-default stream, L2 flushed, inputs rotated; 0.1 s a
 within 5% of the fastest, the fastest of those being the row's figure); FlexAttention is timed with
 torch.compile in the default mode and in max-autotune-no-cudagraphs; SDPA where the spec is plain or
 causal. Then a second round times kgen's pick and every baseline again, in the reverse order, and each keeps
-the faster of its two figures; the table lists those whose two differ by more than 5%. TFLOP/s count unmasked
-work only. Results stream to a JSON file row by row.
+the faster of its two figures; the table lists those whose two differ by more than 5%. Last, the profiler reads
+how long each contender's kernels keep the GPU busy a call, and the table lists the calls that took more than 10%
+longer than that: their figure is the host's launch rate, not the kernel's (FlashAttention-4 through flex on short
+calls). TFLOP/s count unmasked work only. Results stream to a JSON file row by row.
 
 So that the whole table fits one 10-minute device call, worker processes compile kgen's configs for the rows
 ahead (Triton's on-disk cache, nothing launched) while the GPU times the current row; each row times the flex
@@ -68,6 +70,7 @@ class Row:
     flex_ms: dict = field(default_factory=dict)  # mode -> ms
     sdpa_ms: float | None = None
     rounds_ms: dict = field(default_factory=dict)  # "kgen", "flex MODE", "sdpa" -> ms of each round (`_second_round`)
+    gpu_ms: dict = field(default_factory=dict)  # the same names -> ms of GPU kernels a call (`gpu_ms_a_call`)
     seconds: float = 0.0
     phase_seconds: dict = field(default_factory=dict)  # kgen search, each flex mode, sdpa
     errors: list = field(default_factory=list)
@@ -155,8 +158,12 @@ def measure(spec_path: Path, shape: Shape, dtype: torch.dtype, flex_modes: list[
             kgen_timer = _kgen(row, spec, shape, sets, buffers, check, workdir, configs)
         if kgen_timer is not None:
             row.rounds_ms["kgen"] = [row.kgen_ms]
+            timers = {"kgen": kgen_timer, **dict(reversed(timers.items()))}
             with _phase(row, "second round"):
-                _second_round(row, {"kgen": kgen_timer, **dict(reversed(timers.items()))})
+                _second_round(row, timers)
+        with _phase(row, "GPU time"):
+            for name, timer in timers.items():
+                _guarded(row, f"{name}, GPU time", lambda: row.gpu_ms.update({name: _gpu_ms(timer)}))
     row.seconds = time.monotonic() - started
     return row
 
@@ -284,6 +291,33 @@ def time_on_sets(sets, call, **options) -> float:
     return timing.time_calls(lambda i: call(*sets[i]), len(sets), **TIMING, **options).ms
 
 
+def _gpu_ms(timer) -> float | None:
+    """`gpu_ms_a_call` of the call a contender's timer times (every timer is a `time_on_sets` partial)."""
+    sets, call = timer.args
+    return gpu_ms_a_call(sets, call)
+
+
+def gpu_ms_a_call(sets, call, calls: int = 6) -> float | None:
+    """Milliseconds of GPU kernels a call of `call` runs, over the input sets in turn (the profiler's kernel
+    durations, summed): what a call costs the GPU alone. A timed call that takes much longer left the GPU idle,
+    waiting for the host to launch the next: FlashAttention-4 through flex took 0.16-0.24 ms a call around a
+    0.153 ms kernel on a sliding window at B8 H16 N2048 D128 (fifty-second session, H100). None where the profiler
+    saw no kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiled:
+        for i in range(calls):
+            call(*sets[i % len(sets)])
+        torch.cuda.synchronize()
+    return kernel_ms(profiled.events(), calls)
+
+
+def kernel_ms(events, calls: int) -> float | None:
+    """The GPU kernels' time a call among a profile's events (those on the GPU; the host's are left out)."""
+    us = sum(e.time_range.elapsed_us() for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return us / calls / 1e3 if us else None
+
+
 def _flex_timer(spec, shape: Shape, sets, mode: str):
     """A function that times flex_attention in `mode` (compiled on its first call)."""
     return functools.partial(time_on_sets, sets, flex_call(spec, shape, mode))
@@ -335,6 +369,23 @@ def print_table(rows: list[Row], shapes: dict[str, Shape], modes: list[str]) -> 
         print(f"\ntimed twice, more than {UNSTEADY:.0%} apart (the table has the faster):")
     for r, name, ms in unsteady:
         print(f"- {r.spec} {r.shape}, {name}: " + " then ".join(f"{x:.4f}" for x in ms) + " ms")
+    print_host_bound(rows, shapes)
+
+
+HOST_BOUND = 0.10  # a call this much longer than its kernels' GPU time left the GPU waiting for the host
+
+
+def print_host_bound(rows: list[Row], shapes: dict[str, Shape]) -> None:
+    """The contenders whose timed call took more than HOST_BOUND longer than their kernels kept the GPU busy: their
+    figure is the host's launch rate, not the kernel's speed (a model that launches many kernels back to back, or
+    replays a CUDA graph, would not wait for it), so their kernels' own TFLOP/s are given beside it."""
+    bound = [(r, name, r.rounds_ms[name], gpu) for r in rows for name, gpu in r.gpu_ms.items()
+             if gpu and r.rounds_ms.get(name) and min(r.rounds_ms[name]) > gpu * (1 + HOST_BOUND)]
+    if bound:
+        print(f"\ncalls more than {HOST_BOUND:.0%} longer than their GPU kernels (host-bound; the table has the call):")
+    for r, name, rounds, gpu in bound:
+        print(f"- {r.spec} {r.shape}, {name}: {min(rounds):.4f} ms a call, {gpu:.4f} ms of GPU kernels "
+              f"({_num(tflops(r, shapes[r.shape], gpu))} TF/s on those)")
 
 
 def _speedup(other_ms: float | None, kgen_ms: float | None) -> float | None:

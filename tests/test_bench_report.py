@@ -230,7 +230,7 @@ def test_a_second_round_times_kgen_first_and_keeps_each_contenders_faster_figure
 def test_a_row_times_the_baselines_then_kgen_then_all_of_them_again_in_reverse(monkeypatch, tmp_path):
     """measure()'s order, its GPU parts replaced by timers that log their calls: one dynamo reset (so that no mode's
     compiled flex is dropped before the second round), each flex mode and SDPA once, kgen's search, then the second
-    round from kgen back to the first flex mode."""
+    round from kgen back to the first flex mode, then each contender's GPU kernel time in that order."""
     import contextlib
 
     from benchmarks import bench
@@ -255,10 +255,13 @@ def test_a_row_times_the_baselines_then_kgen_then_all_of_them_again_in_reverse(m
     monkeypatch.setattr(bench, "_sdpa_timer", lambda *_: timer("sdpa"))
     monkeypatch.setattr(bench, "_kgen", search)
     monkeypatch.setattr(bench.torch._dynamo, "reset", lambda: order.append("dynamo reset"))
+    gpu_figures = iter([0.30, None, 0.20, 0.45])
+    monkeypatch.setattr(bench, "_gpu_ms", lambda timer: order.append("GPU time") or next(gpu_figures))
     row = bench.measure(ROOT / "examples" / "specs" / "noop.py", Shape(8, 16, 16, 2048, 2048, 128), None,
                         ["default", "flash"], tmp_path)
     assert order == ["dynamo reset", "flex default", "flex flash", "sdpa", "kgen search", "kgen", "sdpa", "flex flash",
-                     "flex default"]
+                     "flex default"] + ["GPU time"] * 4
+    assert row.gpu_ms == {"kgen": 0.30, "sdpa": None, "flex flash": 0.20, "flex default": 0.45}
     assert (row.kgen_ms, row.flex_ms, row.sdpa_ms) == (0.31, {"default": 0.49, "flash": 0.30}, 0.44)
     assert row.rounds_ms == {"flex default": [0.50, 0.49], "flex flash": [0.37, 0.30], "sdpa": [0.45, 0.44],
                              "kgen": [0.32, 0.31]} and not row.errors
@@ -275,6 +278,39 @@ def test_the_table_lists_contenders_whose_two_rounds_differ_by_more_than_five_pe
     assert done.returncode == 0, done.stderr
     listed = done.stdout.split("timed twice, more than 5% apart (the table has the faster):\n")[1].splitlines()
     assert listed == ["- key_padding B2 H16 N8192 D128, flex flash: 0.3720 then 0.3050 ms"]
+
+
+def test_the_table_lists_calls_that_took_longer_than_their_gpu_kernels(tmp_path):
+    """A call 10% or more longer than the GPU time of its kernels waited on the host: listed, with the kernels' own
+    TFLOP/s. A contender without a GPU time, or within 10% of it, is not."""
+    short = row("sliding_window", 0.132, 0.30) | {"density": 0.03}
+    short["flex_ms"]["flash"] = 0.2157
+    short["rounds_ms"] = {"kgen": [0.1324, 0.1319], "flex flash": [0.2157, 0.2413], "flex default": [0.31]}
+    short["gpu_ms"] = {"kgen": 0.128, "flex flash": 0.1529, "flex default": None}
+    (tmp_path / "a.json").write_text(json.dumps({"gpu": "Test GPU", "torch": "2.x", "rows": [short]}))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--report", str(tmp_path / "a.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split("(host-bound; the table has the call):\n")[1].splitlines()
+    # 4*B*H*N*N*D * 0.03 = 33 GFLOP in 0.1529 ms
+    assert listed == ["- sliding_window B2 H16 N8192 D128, flex flash: 0.2157 ms a call, 0.1529 ms of GPU kernels "
+                      "(216 TF/s on those)"]
+
+
+def test_gpu_kernel_time_counts_the_events_on_the_gpu_only():
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.bench import kernel_ms
+
+    def event(device, us):
+        return SimpleNamespace(device_type=device, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [event(cpu, 900.0), event(cuda, 150.0), event(cuda, 3.0), event(cpu, 40.0), event(cuda, 153.0)]
+    assert kernel_ms(events, calls=2) == pytest.approx(0.153)
+    assert kernel_ms([event(cpu, 900.0)], calls=2) is None
 
 
 def test_shapes_are_read_with_and_without_gqa():
