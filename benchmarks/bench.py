@@ -6,10 +6,10 @@ timing: CUDA events on a non-default stream, L2 flushed, inputs rotated; 0.1 s a
 within 5% of the fastest, the fastest of those being the row's figure); FlexAttention is timed with
 torch.compile in the default mode and in max-autotune-no-cudagraphs; SDPA where the spec is plain or
 causal. Then a second round times kgen's pick and every baseline again, in the reverse order, and each keeps
-the faster of its two figures; the table lists those whose two differ by more than 5%. Last, the profiler reads
-how long each contender's kernels keep the GPU busy a call, and the table lists the calls that took more than 10%
-longer than that: their figure is the host's launch rate, not the kernel's (FlashAttention-4 through flex on short
-calls). TFLOP/s count unmasked work only. Results stream to a JSON file row by row.
+the faster of its two figures; the table lists those whose two differ by more than 5%. Last, each contender is
+timed once more with its calls queued behind a spin of the GPU (the GPU's time, without the host's launch gaps), and
+the table lists the calls that took more than 10% longer than that: their figure is the host's launch rate, not the
+kernel's (FlashAttention-4 through flex on short calls). TFLOP/s count unmasked work only. Results stream to a JSON file row by row.
 
 So that the whole table fits one 10-minute device call, worker processes compile kgen's configs for the rows
 ahead (Triton's on-disk cache, nothing launched) while the GPU times the current row; each row times the flex
@@ -70,7 +70,7 @@ class Row:
     flex_ms: dict = field(default_factory=dict)  # mode -> ms
     sdpa_ms: float | None = None
     rounds_ms: dict = field(default_factory=dict)  # "kgen", "flex MODE", "sdpa" -> ms of each round (`_second_round`)
-    gpu_ms: dict = field(default_factory=dict)  # the same names -> ms of GPU kernels a call (`gpu_ms_a_call`)
+    gpu_ms: dict = field(default_factory=dict)  # the same names -> the GPU's ms a call, no host gaps (`_gpu_ms`)
     seconds: float = 0.0
     phase_seconds: dict = field(default_factory=dict)  # kgen search, each flex mode, sdpa
     errors: list = field(default_factory=list)
@@ -292,30 +292,11 @@ def time_on_sets(sets, call, **options) -> float:
 
 
 def _gpu_ms(timer) -> float | None:
-    """`gpu_ms_a_call` of the call a contender's timer times (every timer is a `time_on_sets` partial)."""
+    """The GPU's time for a call of what a contender's timer times (every timer is a `time_on_sets` partial), with
+    the host's launch gaps removed (`timing.time_queued`). FlashAttention-4 through flex took 0.16-0.24 ms a call
+    around a 0.153 ms kernel on a sliding window at B8 H16 N2048 D128 (fifty-second session, H100)."""
     sets, call = timer.args
-    return gpu_ms_a_call(sets, call)
-
-
-def gpu_ms_a_call(sets, call, calls: int = 6) -> float | None:
-    """Milliseconds of GPU kernels a call of `call` runs, over the input sets in turn (the profiler's kernel
-    durations, summed): what a call costs the GPU alone. A timed call that takes much longer left the GPU idle,
-    waiting for the host to launch the next: FlashAttention-4 through flex took 0.16-0.24 ms a call around a
-    0.153 ms kernel on a sliding window at B8 H16 N2048 D128 (fifty-second session, H100). None where the profiler
-    saw no kernel."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as profiled:
-        for i in range(calls):
-            call(*sets[i % len(sets)])
-        torch.cuda.synchronize()
-    return kernel_ms(profiled.events(), calls)
-
-
-def kernel_ms(events, calls: int) -> float | None:
-    """The GPU kernels' time a call among a profile's events (those on the GPU; the host's are left out)."""
-    us = sum(e.time_range.elapsed_us() for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    return us / calls / 1e3 if us else None
+    return timing.time_queued(lambda i: call(*sets[i]), len(sets))
 
 
 def _flex_timer(spec, shape: Shape, sets, mode: str):
@@ -372,20 +353,20 @@ def print_table(rows: list[Row], shapes: dict[str, Shape], modes: list[str]) -> 
     print_host_bound(rows, shapes)
 
 
-HOST_BOUND = 0.10  # a call this much longer than its kernels' GPU time left the GPU waiting for the host
+HOST_BOUND = 0.10  # a call this much longer than the GPU's time for it left the GPU waiting for the host
 
 
 def print_host_bound(rows: list[Row], shapes: dict[str, Shape]) -> None:
-    """The contenders whose timed call took more than HOST_BOUND longer than their kernels kept the GPU busy: their
-    figure is the host's launch rate, not the kernel's speed (a model that launches many kernels back to back, or
-    replays a CUDA graph, would not wait for it), so their kernels' own TFLOP/s are given beside it."""
+    """The contenders whose timed call took more than HOST_BOUND longer than the GPU's time for it: their figure is
+    the host's launch rate, not the kernel's speed (a model that queues many kernels ahead, or replays a CUDA graph,
+    would not wait for it), so the GPU's own TFLOP/s are given beside it."""
     bound = [(r, name, r.rounds_ms[name], gpu) for r in rows for name, gpu in r.gpu_ms.items()
              if gpu and r.rounds_ms.get(name) and min(r.rounds_ms[name]) > gpu * (1 + HOST_BOUND)]
     if bound:
-        print(f"\ncalls more than {HOST_BOUND:.0%} longer than their GPU kernels (host-bound; the table has the call):")
+        print(f"\ncalls more than {HOST_BOUND:.0%} longer than the GPU's time for them (host-bound; the table has the call):")
     for r, name, rounds, gpu in bound:
-        print(f"- {r.spec} {r.shape}, {name}: {min(rounds):.4f} ms a call, {gpu:.4f} ms of GPU kernels "
-              f"({_num(tflops(r, shapes[r.shape], gpu))} TF/s on those)")
+        print(f"- {r.spec} {r.shape}, {name}: {min(rounds):.4f} ms a call, {gpu:.4f} ms on the GPU queued "
+              f"({_num(tflops(r, shapes[r.shape], gpu))} TF/s)")
 
 
 def _speedup(other_ms: float | None, kgen_ms: float | None) -> float | None:

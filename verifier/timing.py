@@ -89,6 +89,39 @@ def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, 
                   wall_ms=wall_ms, samples=samples)
 
 
+def time_queued(call: Callable[[int], object], sets: int, calls: int = 20) -> float | None:
+    """Median ms of `call(i)` timed as time_calls times it (L2 flushed before each call, CUDA events around it), but
+    with every call queued behind a spin of the GPU that lasts until the host has launched them all: the GPU then
+    runs them back to back without waiting for the host, and what is left is the GPU's time for a call. Where
+    time_calls reads more, the call was host-bound (its launches came slower than its kernels ran). None without a
+    spin kernel (a CPU build), or where the host outlasted every spin tried (a call that synchronizes)."""
+    if _SPIN_CYCLES is None:
+        return None
+    flush_buf = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    for i in range(2):  # warm-up
+        call(i % sets)
+    torch.cuda.synchronize()
+    cycles_per_ms = _spin_cycles_per_ms()
+    for spin_ms in (50.0, 200.0, 800.0):
+        spin_start, spin_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+        spin_start.record()
+        _SPIN_CYCLES(int(spin_ms * cycles_per_ms))
+        spin_end.record()
+        launched = time.perf_counter()
+        for i in range(calls):
+            flush_buf.zero_()
+            starts[i].record()
+            call(i % sets)
+            ends[i].record()
+        host_ms = (time.perf_counter() - launched) * 1000.0
+        torch.cuda.synchronize()
+        if host_ms < spin_start.elapsed_time(spin_end):  # every call was queued before the GPU reached the first
+            return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+    return None
+
+
 def cross_checked_wall_ms(idle_pass: Callable[[], float], busy_pass: Callable[[], float], events_ms: float,
                           control_pass: Callable[[], tuple[float, float]] | None = None) -> float:
     """A call's wall time beyond the verifier's own work between calls: the lowest busy pass less the lowest idle
