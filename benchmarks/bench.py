@@ -9,7 +9,8 @@ causal. Then a second round times kgen's pick and every baseline again, in the r
 the faster of its two figures; the table lists those whose two differ by more than 5%. Last, each contender is
 timed once more with its calls queued behind a spin of the GPU (the GPU's time, without the host's launch gaps), and
 the table lists the calls that took more than 10% longer than that: their figure is the host's launch rate, not the
-kernel's (FlashAttention-4 through flex on short calls). TFLOP/s count unmasked work only. Results stream to a JSON file row by row.
+kernel's (FlashAttention-4 through flex on short calls). TFLOP/s count unmasked work only. Results stream to a JSON
+file row by row.
 
 So that the whole table fits one 10-minute device call, worker processes compile kgen's configs for the rows
 ahead (Triton's on-disk cache, nothing launched) while the GPU times the current row; each row times the flex
@@ -363,7 +364,8 @@ def print_host_bound(rows: list[Row], shapes: dict[str, Shape]) -> None:
     bound = [(r, name, r.rounds_ms[name], gpu) for r in rows for name, gpu in r.gpu_ms.items()
              if gpu and r.rounds_ms.get(name) and min(r.rounds_ms[name]) > gpu * (1 + HOST_BOUND)]
     if bound:
-        print(f"\ncalls more than {HOST_BOUND:.0%} longer than the GPU's time for them (host-bound; the table has the call):")
+        print(f"\ncalls more than {HOST_BOUND:.0%} longer than the GPU's time for them "
+              "(host-bound; the table has the call):")
     for r, name, rounds, gpu in bound:
         print(f"- {r.spec} {r.shape}, {name}: {min(rounds):.4f} ms a call, {gpu:.4f} ms on the GPU queued "
               f"({_num(tflops(r, shapes[r.shape], gpu))} TF/s)")
