@@ -62,43 +62,29 @@ class NotPatchable(ValueError):
 def counter_functions(address: int) -> str:
     """Gluon helpers: `_clock` reads the SM's cycle counter (its low 32 bits) after `dep`; `_count_<slot>` adds the
     cycles since t0 and one wait to the SM's counters at `address` (SLOTS cycle counters, then SLOTS counts, 8
-    bytes each); `_busy(dep, sign)` adds sign times the 64-bit cycle counter to the BUSY slot's, at a consumer's
-    start (-1) and end (+1), so that no value stays live across the consumer's loop (one more live register there
-    made ptxas spill a few hundred times in the key loops)."""
-    def sm_counter(slot: int) -> str:  # PTX: the address of this SM's counter for `slot` in register a
-        return (f"mov.u32 s, %smid; mul.wide.u32 a, s, {16 * SLOTS}; add.u64 a, a, {address + 8 * slot}; ")
+    bytes each); `_busy_start` and `_busy_end` take the 64-bit cycle counter off the BUSY slot's counter and add it
+    back, at a consumer's start and end, so that no value stays live across the consumer's loop (one more live
+    register there made ptxas spill a few hundred times in the key loops)."""
+    def add_to_counter(slot: int, amount: str, count: bool) -> str:
+        """PTX: `amount` (PTX that leaves it in register d) added to this SM's counter for `slot`, and with `count`
+        one to the slot's count, by the first thread of each warpgroup."""
+        return ("{ .reg .pred p; .reg .u32 t, s; .reg .u64 a, c, d; mov.u32 t, %tid.x; and.b32 t, t, 127; "
+                f"setp.eq.u32 p, t, 0; mov.u32 s, %smid; mul.wide.u32 a, s, {16 * SLOTS}; "
+                f"add.u64 a, a, {address + 8 * slot}; {amount}@p red.global.add.u64 [a], d; "
+                + (f"add.u64 c, a, {8 * SLOTS}; @p red.global.add.u64 [c], 1; " if count else "") + "mov.u32 $0, 0; }")
 
-    first_thread = "mov.u32 t, %tid.x; and.b32 t, t, 127; setp.eq.u32 p, t, 0; "  # of each warpgroup
-    helpers = [f'''
-
-@gluon.jit
-def _clock(dep):
-    return gl.inline_asm_elementwise("mov.u32 $0, %clock;", "=r,r", [dep], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _busy(dep, sign: gl.constexpr):
-    if sign > 0:
-        gl.inline_asm_elementwise("{{ .reg .pred p; .reg .u32 t, s; .reg .u64 a, c; {first_thread}{sm_counter(BUSY)}"
-                                  "mov.u64 c, %clock64; @p red.global.add.u64 [a], c; mov.u32 $0, 0; }}", "=r,r",
-                                  [dep], dtype=gl.int32, is_pure=False, pack=1)
-    else:
-        gl.inline_asm_elementwise("{{ .reg .pred p; .reg .u32 t, s; .reg .u64 a, c; {first_thread}{sm_counter(BUSY)}"
-                                  "mov.u64 c, %clock64; neg.s64 c, c; @p red.global.add.u64 [a], c; mov.u32 $0, 0; }}",
-                                  "=r,r", [dep], dtype=gl.int32, is_pure=False, pack=1)
-''']
-    for slot in range(len(KINDS)):
-        asm = ("{ .reg .pred p; .reg .u32 t, s; .reg .u64 a, c, d; " + first_thread + sm_counter(slot)
-               + f"add.u64 c, a, {8 * SLOTS}; cvt.u64.u32 d, $1; @p red.global.add.u64 [a], d; "
-               "@p red.global.add.u64 [c], 1; mov.u32 $0, 0; }")
-        helpers.append(f'''
-
-@gluon.jit
-def _count_{slot}(t0, dep):
-    t1 = _clock(dep)
-    return gl.inline_asm_elementwise("{asm}", "=r,r", [t1 - t0], dtype=gl.int32, is_pure=False, pack=1)
-''')
-    return "".join(helpers)
+    # each helper: its signature, the value its PTX reads as $1, and the PTX
+    adders = [("_busy_start(dep)", "dep", add_to_counter(BUSY, "mov.u64 d, %clock64; neg.s64 d, d; ", False)),
+              ("_busy_end(dep)", "dep", add_to_counter(BUSY, "mov.u64 d, %clock64; ", False))]
+    adders += [(f"_count_{slot}(t0, dep)", "_clock(dep) - t0", add_to_counter(slot, "cvt.u64.u32 d, $1; ", True))
+               for slot in range(len(KINDS))]
+    clock = ("\n\n@gluon.jit\ndef _clock(dep):\n"
+             '    return gl.inline_asm_elementwise("mov.u32 $0, %clock;", "=r,r", [dep], dtype=gl.int32, is_pure=False,'
+             " pack=1)\n")
+    return clock + "".join(
+        f"\n\n@gluon.jit\ndef {signature}:\n"
+        f'    return gl.inline_asm_elementwise("{asm}", "=r,r", [{operand}], dtype=gl.int32, is_pure=False, pack=1)\n'
+        for signature, operand, asm in adders)
 
 
 def timed_source(source: str, address: int, kinds=KINDS) -> str:
@@ -112,8 +98,8 @@ def timed_source(source: str, address: int, kinds=KINDS) -> str:
         source = source.replace(anchor, f"{indent}_t0 = _clock({dep})\n{anchor}{indent}_count_{slot}(_t0, {dep})\n")
     head, _, body = source.partition(CONSUMER)
     docstring, _, rest = body.partition('"""\n')  # the consumer's signature and docstring, then its body
-    body = f'{docstring}"""\n    _busy(half, -1)\n{rest}'
-    body = body.replace(CONSUMER_END, "    tma.store_wait(0)\n    _busy(half, 1)\n" + CONSUMER_END[
+    body = f'{docstring}"""\n    _busy_start(half)\n{rest}'
+    body = body.replace(CONSUMER_END, "    tma.store_wait(0)\n    _busy_end(half)\n" + CONSUMER_END[
         len("    tma.store_wait(0)\n"):], 1)
     return head + counter_functions(address) + CONSUMER + body
 

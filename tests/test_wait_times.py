@@ -31,7 +31,7 @@ def test_each_consumer_wait_is_timed_and_the_consumer_marks_its_start_and_end(sp
     assert source.count("_t0 = _clock(") == 6
     for slot, kind in enumerate(KINDS):
         assert source.count(f"_count_{slot}(_t0, ") == (2 if kind == "v" else 1)
-    assert source.count("_busy(half, -1)") == 1 and source.count("_busy(half, 1)") == 1
+    assert source.count("_busy_start(half)") == 1 and source.count("_busy_end(half)") == 1
     assert str(ADDRESS) in source
 
 

@@ -67,15 +67,9 @@ def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, 
     estimate = _one_call_ms(call, lambda: flush_buf.zero_())
     calls = int(min(max_calls, max(min_calls, target_s * 1000.0 / max(estimate, 1e-3))))
 
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
-    for i in range(calls):
-        before(i % sets)
-        starts[i].record(stream)
-        call(i % sets)
-        ends[i].record(stream)
+    events = _enqueue_timed(call, before, sets, calls, stream)
     torch.cuda.synchronize()
-    samples = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    samples = sorted(s.elapsed_time(e) for s, e in events)
 
     median = statistics.median(samples)
     wall_ms = float("nan")
@@ -98,28 +92,38 @@ def time_queued(call: Callable[[int], object], sets: int, calls: int = 20) -> fl
     if _SPIN_CYCLES is None:
         return None
     flush_buf = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    stream = torch.cuda.current_stream()
     for i in range(2):  # warm-up
         call(i % sets)
     torch.cuda.synchronize()
     cycles_per_ms = _spin_cycles_per_ms()
     for spin_ms in (50.0, 200.0, 800.0):
         spin_start, spin_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
-        spin_start.record()
+        spin_start.record(stream)
         _SPIN_CYCLES(int(spin_ms * cycles_per_ms))
-        spin_end.record()
+        spin_end.record(stream)
         launched = time.perf_counter()
-        for i in range(calls):
-            flush_buf.zero_()
-            starts[i].record()
-            call(i % sets)
-            ends[i].record()
+        events = _enqueue_timed(call, lambda i: flush_buf.zero_(), sets, calls, stream)
         host_ms = (time.perf_counter() - launched) * 1000.0
         torch.cuda.synchronize()
         if host_ms < spin_start.elapsed_time(spin_end):  # every call was queued before the GPU reached the first
-            return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+            return statistics.median(s.elapsed_time(e) for s, e in events)
     return None
+
+
+def _enqueue_timed(call: Callable[[int], object], before: Callable[[int], object], sets: int, calls: int,
+                   stream) -> list[tuple[torch.cuda.Event, torch.cuda.Event]]:
+    """Launch `calls` calls on `stream`, each after `before` and between two CUDA events (read them once the stream
+    is synchronized): how time_calls and time_queued both time a call."""
+    events = []
+    for i in range(calls):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        before(i % sets)
+        start.record(stream)
+        call(i % sets)
+        end.record(stream)
+        events.append((start, end))
+    return events
 
 
 def cross_checked_wall_ms(idle_pass: Callable[[], float], busy_pass: Callable[[], float], events_ms: float,
