@@ -83,32 +83,55 @@ def time_calls(call: Callable[[int], object], sets: int, target_s: float = 1.0, 
                   wall_ms=wall_ms, samples=samples)
 
 
-def time_queued(call: Callable[[int], object], sets: int, calls: int = 20) -> float | None:
-    """Median ms of `call(i)` timed as time_calls times it (L2 flushed before each call, CUDA events around it), but
-    with every call queued behind a spin of the GPU that lasts until the host has launched them all: the GPU then
-    runs them back to back without waiting for the host, and what is left is the GPU's time for a call. Where
-    time_calls reads more, the call was host-bound (its launches came slower than its kernels ran). None without a
-    spin kernel (a CPU build), or where the host outlasted every spin tried (a call that synchronizes)."""
+@dataclass
+class Queued:
+    """A call timed in two bursts of the same length from an idle GPU, so that the clock (which a long batch at the
+    power cap lowers, and a burst from idle does not) is alike in both: a median of each."""
+    one_by_one_ms: float  # the calls launched one after another, as time_calls launches them
+    queued_ms: float  # the same calls all queued behind a spin first: the GPU's own time for a call
+
+    @property
+    def host_bound_by(self) -> float:
+        """How much longer a call took launched one by one: the GPU's waits for the host, as a fraction."""
+        return self.one_by_one_ms / self.queued_ms - 1.0 if self.queued_ms > 0 else 0.0
+
+
+def time_queued(call: Callable[[int], object], sets: int, calls: int = 20) -> Queued | None:
+    """`calls` calls of `call(i)` timed as time_calls times them (L2 flushed before each, CUDA events around it),
+    once launched one after another and once queued behind a spin of the GPU that lasts until the host has launched
+    them all, so that the GPU runs them back to back without waiting for the host. Where the first reads more, the
+    call is host-bound: its launches come slower than its kernels run. Both bursts start from an idle GPU: compare
+    them with each other, not with a long batch's figure, which runs at the lower clock of sustained load. None
+    without a spin kernel (a CPU build), or where the host outlasted every spin tried (a call that synchronizes)."""
     if _SPIN_CYCLES is None:
         return None
     flush_buf = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
     stream = torch.cuda.current_stream()
+
+    def flush(i: int):
+        flush_buf.zero_()
+
     for i in range(2):  # warm-up
         call(i % sets)
-    torch.cuda.synchronize()
     cycles_per_ms = _spin_cycles_per_ms()
+    one_by_one = _median_ms(_enqueue_timed(call, flush, sets, calls, stream))
     for spin_ms in (50.0, 200.0, 800.0):
         spin_start, spin_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         spin_start.record(stream)
         _SPIN_CYCLES(int(spin_ms * cycles_per_ms))
         spin_end.record(stream)
         launched = time.perf_counter()
-        events = _enqueue_timed(call, lambda i: flush_buf.zero_(), sets, calls, stream)
+        events = _enqueue_timed(call, flush, sets, calls, stream)
         host_ms = (time.perf_counter() - launched) * 1000.0
-        torch.cuda.synchronize()
+        queued = _median_ms(events)
         if host_ms < spin_start.elapsed_time(spin_end):  # every call was queued before the GPU reached the first
-            return statistics.median(s.elapsed_time(e) for s, e in events)
+            return Queued(one_by_one_ms=one_by_one, queued_ms=queued)
     return None
+
+
+def _median_ms(events: list[tuple[torch.cuda.Event, torch.cuda.Event]]) -> float:
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
 def _enqueue_timed(call: Callable[[int], object], before: Callable[[int], object], sets: int, calls: int,
@@ -175,6 +198,10 @@ def _control_ms(before: Callable[[int], object], kernel_ms: float, n: int) -> tu
 def _spin_cycles_per_ms() -> float:
     """Clock cycles a millisecond of the spin kernel takes now (the clock moves with power and heat)."""
     cycles = 200_000
+    # Loaded on its first launch, which must not count: a cold first call read a spin far shorter than it was, the
+    # likely reason the GPU test's spins all ended before its host did (fifty-third session).
+    _SPIN_CYCLES(1)
+    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     _SPIN_CYCLES(cycles)
