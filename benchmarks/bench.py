@@ -7,10 +7,10 @@ within 5% of the fastest, the fastest of those being the row's figure); FlexAtte
 torch.compile in the default mode and in max-autotune-no-cudagraphs; SDPA where the spec is plain or
 causal. Then a second round times kgen's pick and every baseline again, in the reverse order, and each keeps
 the faster of its two figures; the table lists those whose two differ by more than 5%. Last, each contender is
-timed once more with its calls queued behind a spin of the GPU (the GPU's time, without the host's launch gaps), and
-the table lists the calls that took more than 10% longer than that: their figure is the host's launch rate, not the
-kernel's (FlashAttention-4 through flex on short calls). TFLOP/s count unmasked work only. Results stream to a JSON
-file row by row.
+timed in two short bursts from an idle GPU, launched one by one and queued behind a spin of the GPU (the GPU's time,
+without the host's launch gaps), and the table lists the calls more than 10% longer one by one: their figure is
+partly the host's launch rate, not the kernel's (FlashAttention-4 through flex on short calls). TFLOP/s count
+unmasked work only. Results stream to a JSON file row by row.
 
 So that the whole table fits one 10-minute device call, worker processes compile kgen's configs for the rows
 ahead (Triton's on-disk cache, nothing launched) while the GPU times the current row; each row times the flex
@@ -71,7 +71,8 @@ class Row:
     flex_ms: dict = field(default_factory=dict)  # mode -> ms
     sdpa_ms: float | None = None
     rounds_ms: dict = field(default_factory=dict)  # "kgen", "flex MODE", "sdpa" -> ms of each round (`_second_round`)
-    # the same names -> [ms a call launched one by one, ms queued], 20-call bursts from an idle GPU (`_queued_ms`)
+    # the same names -> timing.Queued's fields (ms a call launched one by one, ms queued), 20-call bursts from an
+    # idle GPU (`_queued_ms`)
     queued_ms: dict = field(default_factory=dict)
     seconds: float = 0.0
     phase_seconds: dict = field(default_factory=dict)  # kgen search, each flex mode, sdpa
@@ -299,13 +300,13 @@ def time_on_sets(sets, call, **options) -> float:
     return timing.time_calls(lambda i: call(*sets[i]), len(sets), **TIMING, **options).ms
 
 
-def _queued_ms(timer) -> list[float] | None:
+def _queued_ms(timer) -> dict | None:
     """A contender's call (every timer is a `time_on_sets` partial) in two short bursts, launched one by one and
-    queued (`timing.time_queued`): [ms, ms]. FlashAttention-4 through flex took 0.16-0.24 ms a call around a
-    0.153 ms kernel on a sliding window at B8 H16 N2048 D128 (fifty-second session, H100)."""
+    queued (`timing.time_queued`), as a saved row keeps it. FlashAttention-4 through flex took 0.16-0.24 ms a call
+    around a 0.153 ms kernel on a sliding window at B8 H16 N2048 D128 (fifty-second session, H100)."""
     sets, call = timer.args
     queued = timing.time_queued(lambda i: call(*sets[i]), len(sets))
-    return [queued.one_by_one_ms, queued.queued_ms] if queued else None
+    return asdict(queued) if queued else None
 
 
 def _flex_timer(spec, shape: Shape, sets, mode: str):
@@ -372,14 +373,14 @@ def print_host_bound(rows: list[Row]) -> None:
     bursts run at an idle GPU's clock, faster than the table's long batches: their ratio, not their TFLOP/s, is
     the finding. (The fifty-third session compared a queued burst with the table's figure: noop N8192 read 11%
     host-bound for kgen and SDPA alike, which was the clock.)"""
-    bound = [(r, name, ms) for r in rows for name, ms in r.queued_ms.items()
-             if ms and ms[0] > ms[1] * (1 + HOST_BOUND)]
+    bursts = [(r, name, timing.Queued(**saved)) for r in rows for name, saved in r.queued_ms.items() if saved]
+    bound = [(r, name, q) for r, name, q in bursts if q.host_bound_by > HOST_BOUND]
     if bound:
         print(f"\ncalls more than {HOST_BOUND:.0%} longer launched one by one than queued (host-bound; 20 calls "
               "each way from an idle GPU; the table has the call):")
-    for r, name, (one_by_one, queued) in bound:
-        print(f"- {r.spec} {r.shape}, {name}: {one_by_one:.4f} ms one by one, {queued:.4f} ms queued "
-              f"({one_by_one / queued - 1:.0%} longer)")
+    for r, name, q in bound:
+        print(f"- {r.spec} {r.shape}, {name}: {q.one_by_one_ms:.4f} ms one by one, {q.queued_ms:.4f} ms queued "
+              f"({q.host_bound_by:.0%} longer)")
 
 
 def _speedup(other_ms: float | None, kgen_ms: float | None) -> float | None:

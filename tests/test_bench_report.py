@@ -11,6 +11,11 @@ pytestmark = pytest.mark.interpreter_free
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bursts(one_by_one_ms: float, queued_ms: float) -> dict:
+    """A contender's two bursts as a saved row keeps them (timing.Queued's fields)."""
+    return {"one_by_one_ms": one_by_one_ms, "queued_ms": queued_ms}
+
+
 def row(spec: str, kgen_ms: float, flex_ms: float, sdpa_ms: float | None = None) -> dict:
     return {"spec": spec, "shape": "B2 H16 N8192 D128", "density": 1.0, "kgen_ms": kgen_ms, "kgen_config": "BM64",
             "flex_ms": {"default": flex_ms * 1.1, "max-autotune": flex_ms}, "sdpa_ms": sdpa_ms}
@@ -255,14 +260,14 @@ def test_a_row_times_the_baselines_then_kgen_then_all_of_them_again_in_reverse(m
     monkeypatch.setattr(bench, "_sdpa_timer", lambda *_: timer("sdpa"))
     monkeypatch.setattr(bench, "_kgen", search)
     monkeypatch.setattr(bench.torch._dynamo, "reset", lambda: order.append("dynamo reset"))
-    bursts = iter([[0.30, 0.29], None, [0.24, 0.20], [0.45, 0.44]])
-    monkeypatch.setattr(bench, "_queued_ms", lambda timer: order.append("GPU time") or next(bursts))
+    queued_figures = iter([bursts(0.3, 0.29), None, bursts(0.24, 0.2), bursts(0.45, 0.44)])
+    monkeypatch.setattr(bench, "_queued_ms", lambda timer: order.append("GPU time") or next(queued_figures))
     row = bench.measure(ROOT / "examples" / "specs" / "noop.py", Shape(8, 16, 16, 2048, 2048, 128), None,
                         ["default", "flash"], tmp_path)
     assert order == ["dynamo reset", "flex default", "flex flash", "sdpa", "kgen search", "kgen", "sdpa", "flex flash",
                      "flex default"] + ["GPU time"] * 4
-    assert row.queued_ms == {"kgen": [0.30, 0.29], "sdpa": None, "flex flash": [0.24, 0.20],
-                             "flex default": [0.45, 0.44]}
+    assert row.queued_ms == {"kgen": bursts(0.3, 0.29), "sdpa": None,
+                             "flex flash": bursts(0.24, 0.2), "flex default": bursts(0.45, 0.44)}
     assert (row.kgen_ms, row.flex_ms, row.sdpa_ms) == (0.31, {"default": 0.49, "flash": 0.30}, 0.44)
     assert row.rounds_ms == {"flex default": [0.50, 0.49], "flex flash": [0.37, 0.30], "sdpa": [0.45, 0.44],
                              "kgen": [0.32, 0.31]} and not row.errors
@@ -288,8 +293,9 @@ def test_the_table_lists_calls_that_took_longer_one_by_one_than_queued(tmp_path)
     short = row("sliding_window", 0.132, 0.30) | {"density": 0.03}
     short["flex_ms"]["flash"] = 0.2157
     short["rounds_ms"] = {"kgen": [0.1324, 0.1319], "flex flash": [0.2157, 0.2413], "flex default": [0.31]}
-    short["queued_ms"] = {"kgen": [0.1301, 0.1280], "flex flash": [0.2085, 0.1529], "flex default": None}
-    long = row("noop", 1.721, 2.4) | {"queued_ms": {"kgen": [1.5391, 1.5359]}}
+    short["queued_ms"] = {"kgen": bursts(0.1301, 0.128), "flex flash": bursts(0.2085, 0.1529),
+                          "flex default": None}
+    long = row("noop", 1.721, 2.4) | {"queued_ms": {"kgen": bursts(1.5391, 1.5359)}}
     (tmp_path / "a.json").write_text(json.dumps({"gpu": "Test GPU", "torch": "2.x", "rows": [short, long]}))
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--report", str(tmp_path / "a.json")],
                           capture_output=True, text=True)
@@ -553,3 +559,24 @@ echo 0x0000000000000000
     assert len(calls) % sustained.CALLS_BETWEEN_EVENTS == 0 and calls
     assert (run.mhz, run.watts, run.reasons) == (1500, 699, {"power cap": 1.0})
     assert run.ms >= 0
+
+
+def test_a_contenders_bursts_are_saved_as_the_table_reads_them(monkeypatch):
+    """`_queued_ms` saves time_queued's two figures under timing.Queued's field names, so that the report rebuilds
+    the same Queued from a result file; it times the timer's own call on the timer's own input sets."""
+    import functools
+
+    from benchmarks import bench
+    from verifier import timing
+
+    seen = []
+
+    def fake_time_queued(call, sets):
+        seen.extend(call(i) for i in range(sets))
+        return timing.Queued(one_by_one_ms=0.2085, queued_ms=0.1529)
+
+    monkeypatch.setattr(bench.timing, "time_queued", fake_time_queued)
+    timer = functools.partial(bench.time_on_sets, [("a", 1), ("b", 2)], lambda name, n: name * n)
+    saved = bench._queued_ms(timer)
+    assert saved == bursts(0.2085, 0.1529) and seen == ["a", "bb"]
+    assert timing.Queued(**json.loads(json.dumps(saved))) == timing.Queued(0.2085, 0.1529)

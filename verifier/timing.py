@@ -198,8 +198,9 @@ def _control_ms(before: Callable[[int], object], kernel_ms: float, n: int) -> tu
 def _spin_cycles_per_ms() -> float:
     """Clock cycles a millisecond of the spin kernel takes now (the clock moves with power and heat)."""
     cycles = 200_000
-    # Loaded on its first launch, which must not count: a cold first call read a spin far shorter than it was, the
-    # likely reason the GPU test's spins all ended before its host did (fifty-third session).
+    # Loaded on its first launch, which must not be timed: the load would count as spinning, giving too few cycles a
+    # millisecond and every spin sized from it too short, the likely reason the GPU test's spins all ended before
+    # its host did (fifty-third session).
     _SPIN_CYCLES(1)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
